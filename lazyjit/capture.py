@@ -1,0 +1,103 @@
+"""Parameter plumbing: find the params a function touches and make them explicit inputs.
+
+A compiled program must be a pure function of tensors. Pyro functions read params from
+the global param store, so on the first call a param-only trace collects their names,
+and the program receives their *unconstrained* values as its first inputs. Inside the
+program :class:`ParamInputs` answers every ``pyro.param`` statement from those inputs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK
+from torch.distributions import transform_to
+
+from .signature import rebuild
+
+
+def find_params(fn: Callable, args: tuple, kwargs: dict) -> tuple[str, ...]:
+    """Runs ``fn`` once with every effect hidden from outer handlers; returns the names
+    of the params it touched, in first-use order (which fixes the program's input order)."""
+    with poutine.block():
+        with poutine.trace(param_only=True) as tr:
+            fn(*args, **kwargs)
+    return tuple(tr.trace.nodes)
+
+
+class ParamInputs(Messenger):
+    """Answers ``pyro.param(name)`` for the plumbed names from explicit unconstrained inputs."""
+
+    def __init__(self, unconstrained: dict[str, torch.Tensor]):
+        super().__init__()
+        self.unconstrained = unconstrained
+
+    def _pyro_param(self, msg: dict) -> None:
+        value = self.unconstrained.get(msg["name"])
+        if value is None:
+            return
+        constrained = transform_to(_PYRO_PARAM_STORE._constraints[msg["name"]])(value)
+        # Pyro's autoguides and PyroModule call .unconstrained() on what pyro.param returns.
+        constrained.unconstrained = weakref.ref(value)
+        msg["value"] = constrained
+        msg["done"] = True
+
+
+def current_params(names: Sequence[str]) -> list[torch.Tensor | None]:
+    """The unconstrained tensors now in the param store (``None`` for a missing name).
+
+    Inside a handler (an ``SVI`` step traces ``pyro.param`` to find what to optimise)
+    each name is also announced with a ``pyro.param`` statement, as Pyro's jit does.
+    """
+    store = _PYRO_PARAM_STORE._params
+    values = [store.get(name) for name in names]
+    if _PYRO_STACK:
+        for name, value in zip(names, values):
+            if value is not None:
+                pyro.param(name)
+    return values
+
+
+def constraints_of(names: Sequence[str]) -> tuple:
+    """The constraints now in the param store (``None`` for a missing name)."""
+    constraints = _PYRO_PARAM_STORE._constraints
+    return tuple(constraints.get(name) for name in names)
+
+
+def pure_function(fn: Callable, key: tuple, param_names: Sequence[str]) -> Callable[..., Any]:
+    """``fn`` as a function of ``(*unconstrained_params, *tensor_leaves)``.
+
+    It is isolated from effect handlers around the call (``poutine.block``): what it
+    computes depends only on its inputs, never on the context of the first call.
+    The returned closure holds ``fn`` weakly so a cache entry does not keep it alive.
+    """
+    fn_ref = _weak_callable(fn)
+    num_params = len(param_names)
+
+    def pure(*inputs: torch.Tensor) -> Any:
+        args, kwargs = rebuild(key, list(inputs[num_params:]))
+        with poutine.block(), ParamInputs(dict(zip(param_names, inputs[:num_params]))):
+            return fn_ref()(*args, **kwargs)
+
+    return pure
+
+
+def _weak_callable(fn: Callable) -> Callable[[], Callable]:
+    try:
+        ref = weakref.WeakMethod(fn) if hasattr(fn, "__self__") else weakref.ref(fn)
+    except TypeError:
+        return lambda: fn
+
+    def deref() -> Callable:
+        target = ref()
+        if target is None:
+            raise ReferenceError("the function behind this compiled program was garbage collected")
+        return target
+
+    return deref

@@ -1,0 +1,300 @@
+"""``lazyjit.trace``: a lazy, cached compiler for functions that call ``pyro.param``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from pyro import validation_enabled
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+from .backends import Backend, Program, get_backend
+from .capture import constraints_of, current_params, find_params, pure_function
+from .errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning
+from .signature import LRUCache, rebuild, signature
+
+logger = logging.getLogger("lazyjit")
+
+DEFAULT_CACHE_SIZE = 32
+
+
+@dataclass
+class CompileStats:
+    """Counters of one :class:`CompiledFunction`.
+
+    ``misses`` counts calls that found no usable entry; ``recompiles`` the subset where
+    an entry existed but the params it was built for had changed (a cleared or reloaded
+    param store); ``fallbacks`` the entries that run eagerly because compiling them
+    could not be trusted.
+    """
+
+    compilations: int = 0
+    hits: int = 0
+    misses: int = 0
+    recompiles: int = 0
+    evictions: int = 0
+    fallbacks: int = 0
+    compile_seconds: float = 0.0
+
+
+class Gradients(NamedTuple):
+    """Gradients of a scalar output, as returned by :meth:`CompiledFunction.value_and_grad`.
+
+    ``params`` maps each param name to the gradient w.r.t. its unconstrained value.
+    ``args`` and ``kwargs`` mirror the call's arguments: a gradient in place of every
+    tensor that requires grad, ``None`` in place of everything else.
+    """
+
+    params: dict[str, torch.Tensor]
+    args: tuple
+    kwargs: dict
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One compiled signature: the program and what it was compiled against."""
+
+    program: Program
+    param_names: tuple[str, ...]
+    param_refs: tuple[weakref.ref, ...]
+    param_constraints: tuple
+    out_spec: TreeSpec
+    grad_leaves: tuple[int, ...]
+
+    def params_match(self, params: list[torch.Tensor | None]) -> bool:
+        """Whether the store still holds the very tensors and constraints compiled against."""
+        return all(p is r() for p, r in zip(params, self.param_refs)) and all(
+            c is d for c, d in zip(constraints_of(self.param_names), self.param_constraints)
+        )
+
+
+class CompiledFunction:
+    """A Pyro function compiled lazily, once per call signature.
+
+    Output type of :func:`trace`. Calling it looks up the signature of the arguments
+    (see :mod:`lazyjit.signature`); the first call of a signature finds the params,
+    compiles, and caches; later calls run the compiled program on the current params.
+
+    :ivar fn: the wrapped callable.
+    :ivar compiled: ``{cache key: Program}``, most recently used last. A TorchScript
+        program keeps the ``torch.jit.trace`` artifact in ``.script``.
+    :ivar compile_time: seconds spent by the most recent compilation, param discovery
+        included (``None`` before the first); the total is ``stats.compile_seconds``.
+    :ivar stats: a :class:`CompileStats`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        ignore_warnings: bool = False,
+        jit_options: dict | None = None,
+        backend: str = "torchscript",
+        *,
+        strict: bool = False,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ):
+        if not callable(fn):
+            raise TypeError(f"lazyjit.trace expects a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.ignore_warnings = ignore_warnings
+        self.jit_options = dict(jit_options or {})
+        self.backend: Backend = get_backend(backend)
+        self.strict = strict
+        self.compile_time: float | None = None
+        self.stats = CompileStats()
+        self._cache = LRUCache(cache_size)
+        self._lock = threading.RLock()
+        self._warned_sites: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        # Compiled programs are per process (MCMC worker processes rebuild them lazily).
+        state = self.__dict__.copy()
+        state["_cache"] = self._cache.max_size
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["_cache"] = LRUCache(state["_cache"])
+        state["_lock"] = threading.RLock()
+        self.__dict__.update(state)
+
+    @property
+    def compiled(self) -> dict:
+        return {key: entry.program for key, entry in self._cache.items()}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key, leaves, idents = signature(args, kwargs)
+        entry, params = self._lookup(key, leaves, idents, args, kwargs)
+        return tree_unflatten(list(entry.program(*params, *leaves)), entry.out_spec)
+
+    def value_and_grad(self, *args: Any, **kwargs: Any) -> tuple[Any, Gradients]:
+        """Calls the function and differentiates its output (or its first output, if it
+        returns a tuple) w.r.t. every param and every tensor argument that requires grad.
+
+        The backend decides how: TorchScript runs autograd over the compiled program;
+        a graph-capture backend returns gradients computed inside its graph. Nothing is
+        accumulated into ``.grad``; the caller decides what to do with the gradients.
+        """
+        key, leaves, idents = signature(args, kwargs)
+        entry, params = self._lookup(key, leaves, idents, args, kwargs)
+        num_params = len(params)
+        wrt = list(range(num_params)) + [num_params + i for i in entry.grad_leaves]
+        outputs, grads = entry.program.value_and_grad([*params, *leaves], wrt)
+        leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
+        for i, g in zip(entry.grad_leaves, grads[num_params:]):
+            leaf_grads[i] = g
+        grad_args, grad_kwargs = rebuild(key, leaf_grads)
+        gradients = Gradients(
+            dict(zip(entry.param_names, grads[:num_params])), grad_args, grad_kwargs
+        )
+        return tree_unflatten(list(outputs), entry.out_spec), gradients
+
+    def clear(self) -> None:
+        """Drops every compiled entry."""
+        self._cache.clear()
+
+    def _lookup(self, key, leaves, idents, args, kwargs) -> tuple[_Entry, list[torch.Tensor]]:
+        entry = self._cache.get(key)
+        if entry is not None:
+            params = current_params(entry.param_names)
+            if entry.params_match(params):
+                self.stats.hits += 1
+                return entry, params
+            self.stats.recompiles += 1
+            logger.info("lazyjit: params of %s changed since compiling; recompiling", self._name)
+        with self._lock:
+            return self._compile(key, leaves, idents, args, kwargs)
+
+    def _compile(self, key, leaves, idents, args, kwargs) -> tuple[_Entry, list[torch.Tensor]]:
+        self.stats.misses += 1
+        start = time.perf_counter()
+        param_names = find_params(self.fn, args, kwargs)
+        params = current_params(param_names)
+        pure = pure_function(self.fn, key, param_names)
+        spec_box: list[TreeSpec] = []
+
+        def flat(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            outputs, spec = tree_flatten(pure(*inputs))
+            if not all(isinstance(o, torch.Tensor) for o in outputs):
+                kinds = sorted(
+                    {type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)}
+                )
+                raise LazyJitError(
+                    f"{self._name} returned {', '.join(kinds)}; a compiled function must return "
+                    "tensors, or tuples, lists or dicts of tensors"
+                )
+            spec_box[:] = [spec]
+            return tuple(outputs)
+
+        inputs = [*params, *leaves]
+        program = self._compile_program(flat, inputs)
+        if not spec_box:  # the eager fallback has not run the function yet
+            flat(*inputs)
+        seconds = time.perf_counter() - start
+        self.compile_time = seconds
+        self.stats.compilations += 1
+        self.stats.compile_seconds += seconds
+        logger.info(
+            "lazyjit: compiled %s with %s in %.3f s (%d params, %d tensor inputs)",
+            self._name,
+            self.backend.name,
+            seconds,
+            len(params),
+            len(leaves),
+        )
+        entry = _Entry(
+            program=program,
+            param_names=param_names,
+            param_refs=tuple(weakref.ref(p) for p in params),
+            param_constraints=constraints_of(param_names),
+            out_spec=spec_box[0],
+            grad_leaves=tuple(i for i, t in enumerate(leaves) if t.requires_grad),
+        )
+        self.stats.evictions += len(self._cache.put(key, entry, idents))
+        return entry, params
+
+    def _compile_program(self, flat: Callable, inputs: list[torch.Tensor]) -> Program:
+        # Validation checks call .item(), which would bake one outcome into the program.
+        try:
+            with validation_enabled(False), warnings.catch_warnings():
+                if self.ignore_warnings:
+                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                return self.backend.compile(flat, inputs, self.jit_options)
+        except StructureError as e:
+            if self.strict:
+                raise LazyJitError(
+                    f"{self._name} cannot be compiled: {e}. Its structure depends on tensor "
+                    "values, so a compiled version could be silently wrong."
+                ) from e
+            self._warn_once(
+                e.site,
+                f"{self._name} runs eagerly: its structure depends on a tensor value at "
+                f"{e.site} ({e.args[0]}). Pass that value as a non-tensor argument (it "
+                "then selects a compiled entry), or wrap the line in "
+                "pyro.util.ignore_jit_warnings() if it is static.",
+                StructureWarning,
+            )
+        except LazyJitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any backend failure must not break the user's call
+            if self.strict:
+                raise
+            self._warn_once(
+                type(e).__name__,
+                f"{self._name} runs eagerly: the {self.backend.name} backend failed to "
+                f"compile it ({type(e).__name__}: {e})",
+                LazyJitWarning,
+            )
+        self.stats.fallbacks += 1
+        return Program(flat)
+
+    def _warn_once(self, site: str, message: str, category: type[Warning]) -> None:
+        if site not in self._warned_sites:
+            self._warned_sites.add(site)
+            warnings.warn(message, category, stacklevel=5)
+
+    @property
+    def _name(self) -> str:
+        return getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
+
+
+def trace(
+    fn: Callable | None = None,
+    *,
+    ignore_warnings: bool = False,
+    jit_options: dict | None = None,
+    backend: str = "torchscript",
+    strict: bool = False,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+) -> CompiledFunction | Callable[[Callable], CompiledFunction]:
+    """Lazy replacement for :func:`pyro.ops.jit.trace`.
+
+    Usable as ``@trace``, ``@trace(...)`` or ``trace(fn)``. Compiles ``fn`` on first
+    use, once per call signature: the shape, dtype, device and ``requires_grad`` of
+    every tensor argument (anywhere in ``args``/``kwargs``, nested in lists, tuples
+    and dicts), the value of every other argument, and the grad mode.
+
+    :param fn: the function to compile; it may call ``pyro.param`` and ``pyro.sample``.
+    :param ignore_warnings: hide TorchScript's ``TracerWarning``\\ s. A warning that the
+        function branched on a tensor value still makes that entry run eagerly.
+    :param jit_options: keyword arguments for :func:`torch.jit.trace`
+        (``check_trace`` defaults to ``False``).
+    :param backend: ``"torchscript"`` or ``"eager"`` (plumbing and cache only).
+    :param strict: raise :class:`LazyJitError` instead of falling back to eager when
+        compiling fails or the function's structure depends on tensor values.
+    :param cache_size: the most compiled entries kept; the least recently used goes.
+    """
+    if fn is None:
+        return lambda fn: CompiledFunction(
+            fn, ignore_warnings, jit_options, backend, strict=strict, cache_size=cache_size
+        )
+    return CompiledFunction(
+        fn, ignore_warnings, jit_options, backend, strict=strict, cache_size=cache_size
+    )

@@ -1,0 +1,228 @@
+"""Call signatures: split arguments into tensor leaves and a hashable cache key.
+
+Like equinox's ``filter_jit``, every tensor anywhere in ``(args, kwargs)`` (nested in
+lists, tuples, dicts) is a dynamic input, and everything else is static and becomes
+part of the key. The key is also the recipe to rebuild the arguments from new leaves,
+so no cache entry has to keep the first call's arguments (or their tensors) alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+import torch
+
+from .errors import LazyJitWarning
+
+# Node tags. A key is a tree of tuples whose first item is one of these.
+_TENSOR = "tensor"
+_CONST = "const"
+_IDENT = "ident"
+_SEQ = "seq"
+_DICT = "dict"
+_NAMESPACE = "namespace"
+
+# Static values hashed by value. Anything else with identity hashing (functions,
+# modules, models, guides) is keyed by identity through a weak reference.
+_VALUE_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+
+
+class IdentityRef:
+    """A key item that compares by object identity and does not keep the object alive."""
+
+    __slots__ = ("ref", "ident", "__weakref__")
+
+    def __init__(self, obj: Any):
+        self.ident = id(obj)
+        try:
+            self.ref = weakref.ref(obj)
+        except TypeError:
+            # Not weak-referenceable (rare: some builtins). Holding it is the only
+            # way to make sure its id is not reused while the key exists.
+            self.ref = lambda obj=obj: obj
+
+    def __hash__(self) -> int:
+        return self.ident
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdentityRef) and self.ident == other.ident
+
+    def __repr__(self) -> str:
+        return f"IdentityRef({type(self.ref()).__name__} at {self.ident:#x})"
+
+
+_unhashable_warned: set[type] = set()
+
+
+def _describe(obj: Any, leaves: list[torch.Tensor], idents: list[IdentityRef]) -> tuple:
+    if isinstance(obj, torch.Tensor):
+        leaves.append(obj)
+        return (_TENSOR, obj.shape, obj.dtype, obj.device, obj.requires_grad)
+    cls = type(obj)
+    if cls in _VALUE_TYPES:
+        return (_CONST, cls, obj)
+    if cls is tuple or cls is list:
+        return (_SEQ, cls, tuple(_describe(x, leaves, idents) for x in obj))
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return (_SEQ, cls, tuple(_describe(x, leaves, idents) for x in obj))
+    if isinstance(obj, dict):
+        return (_DICT, cls, tuple(obj), tuple(_describe(v, leaves, idents) for v in obj.values()))
+    if isinstance(obj, argparse.Namespace):
+        items = vars(obj)
+        return (
+            _NAMESPACE,
+            tuple(items),
+            tuple(_describe(v, leaves, idents) for v in items.values()),
+        )
+    if isinstance(obj, (set, frozenset)):
+        return (_CONST, cls, frozenset(_static_value(x) for x in obj))
+    return _static(obj, idents)
+
+
+def _static_value(obj: Any) -> Hashable:
+    """Set elements must be hashable by value: they carry no tensors and no identity."""
+    if isinstance(obj, torch.Tensor):
+        raise TypeError("lazyjit cannot key a call on a set that contains tensors")
+    return obj
+
+
+def _static(obj: Any, idents: list[IdentityRef]) -> tuple:
+    cls = type(obj)
+    hash_fn = getattr(cls, "__hash__", None)
+    if hash_fn is not None and hash_fn is not object.__hash__:
+        try:
+            hash(obj)
+            return (_CONST, cls, obj)
+        except TypeError:
+            pass
+    if hash_fn is None and cls not in _unhashable_warned:
+        _unhashable_warned.add(cls)
+        warnings.warn(
+            f"lazyjit keys unhashable {cls.__name__} arguments by identity: a mutated "
+            "object reuses the entry compiled for its old contents. Pass a tensor or a "
+            "hashable value instead if it changes between calls.",
+            LazyJitWarning,
+            stacklevel=4,
+        )
+    ref = IdentityRef(obj)
+    idents.append(ref)
+    return (_IDENT, ref)
+
+
+def signature(args: tuple, kwargs: dict) -> tuple[tuple, list[torch.Tensor], list[IdentityRef]]:
+    """Returns ``(key, tensor_leaves, identity_refs)`` for a call ``fn(*args, **kwargs)``."""
+    leaves: list[torch.Tensor] = []
+    idents: list[IdentityRef] = []
+    key = (
+        tuple(_describe(a, leaves, idents) for a in args),
+        tuple(kwargs),
+        tuple(_describe(v, leaves, idents) for v in kwargs.values()),
+        torch.is_grad_enabled(),
+    )
+    return key, leaves, idents
+
+
+def _rebuild(node: tuple, leaves: Iterator[Any]) -> Any:
+    tag = node[0]
+    if tag == _TENSOR:
+        return next(leaves)
+    if tag == _CONST:
+        return node[2]
+    if tag == _IDENT:
+        obj = node[1].ref()
+        if obj is None:
+            raise ReferenceError("an argument of this compiled call was garbage collected")
+        return obj
+    if tag == _SEQ:
+        items = [_rebuild(child, leaves) for child in node[2]]
+        cls = node[1]
+        if cls is list:
+            return items
+        return cls(*items) if hasattr(cls, "_fields") else cls(items)
+    if tag == _DICT:
+        cls = node[1]
+        return cls(zip(node[2], (_rebuild(child, leaves) for child in node[3])))
+    if tag == _NAMESPACE:
+        return argparse.Namespace(**dict(zip(node[1], (_rebuild(c, leaves) for c in node[2]))))
+    raise AssertionError(f"unknown key node {tag!r}")
+
+
+def rebuild(key: tuple, leaves: list[Any]) -> tuple[tuple, dict]:
+    """Inverse of :func:`signature`: ``(args, kwargs)`` with ``leaves`` in place of tensors."""
+    it = iter(leaves)
+    args = tuple(_rebuild(node, it) for node in key[0])
+    kwargs = dict(zip(key[1], (_rebuild(node, it) for node in key[2])))
+    return args, kwargs
+
+
+class LRUCache:
+    """A bounded mapping that evicts the least recently used entry.
+
+    Entries whose key holds an :class:`IdentityRef` are dropped as soon as that object
+    is garbage collected, so a dead object's id can never select a stale entry.
+    """
+
+    def __init__(self, max_size: int):
+        if max_size < 1:
+            raise ValueError(f"cache_size must be at least 1, got {max_size}")
+        self.max_size = max_size
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._watch: list[weakref.ref] = []
+
+    def get(self, key: Hashable) -> Any:
+        data = self._data
+        value = data.get(key)
+        if value is not None:
+            try:
+                data.move_to_end(key)
+            except KeyError:  # evicted by another thread in between
+                pass
+        return value
+
+    def put(self, key: Hashable, value: Any, idents: list[IdentityRef]) -> list[Any]:
+        """Stores ``value``; returns the values evicted to make room."""
+        evicted = []
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_size:
+                evicted.append(self._data.popitem(last=False)[1])
+        self_ref = weakref.ref(self)
+        for ident in idents:
+            obj = ident.ref()
+            try:
+                self._watch.append(weakref.ref(obj, lambda _, k=key: _drop(self_ref, k)))
+            except TypeError:
+                pass
+        self._watch = [w for w in self._watch if w() is not None]
+        return evicted
+
+    def pop(self, key: Hashable) -> Any:
+        with self._lock:
+            return self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._data
+
+    def items(self):
+        return list(self._data.items())
+
+
+def _drop(cache_ref: Callable[[], LRUCache | None], key: Hashable) -> None:
+    cache = cache_ref()
+    if cache is not None:
+        cache.pop(key)
