@@ -105,6 +105,8 @@ class CompiledFunction:
         self.fn = fn
         self.ignore_warnings = ignore_warnings
         self.jit_options = dict(jit_options or {})
+        # Pyro's flag to time compilation; lazyjit always times it.
+        self.jit_options.pop("time_compilation", None)
         self.backend: Backend = get_backend(backend)
         self.strict = strict
         self.compile_time: float | None = None
@@ -161,19 +163,28 @@ class CompiledFunction:
         self._cache.clear()
 
     def _lookup(self, key, leaves, idents, args, kwargs) -> tuple[_Entry, list[torch.Tensor]]:
+        hit = self._hit(key)
+        if hit is None:
+            with self._lock:
+                # Another thread may have compiled this signature while we waited.
+                hit = self._hit(key) or self._compile(key, leaves, idents, args, kwargs)
+        return hit
+
+    def _hit(self, key) -> tuple[_Entry, list[torch.Tensor]] | None:
         entry = self._cache.get(key)
-        if entry is not None:
-            params = current_params(entry.param_names)
-            if entry.params_match(params):
-                self.stats.hits += 1
-                return entry, params
-            self.stats.recompiles += 1
-            logger.info("lazyjit: params of %s changed since compiling; recompiling", self._name)
-        with self._lock:
-            return self._compile(key, leaves, idents, args, kwargs)
+        if entry is None:
+            return None
+        params = current_params(entry.param_names)
+        if not entry.params_match(params):
+            return None
+        self.stats.hits += 1
+        return entry, params
 
     def _compile(self, key, leaves, idents, args, kwargs) -> tuple[_Entry, list[torch.Tensor]]:
         self.stats.misses += 1
+        if key in self._cache:
+            self.stats.recompiles += 1
+            logger.info("lazyjit: params of %s changed since compiling; recompiling", self._name)
         start = time.perf_counter()
         param_names = find_params(self.fn, args, kwargs)
         params = current_params(param_names)
