@@ -1,0 +1,58 @@
+"""The seed models of the Pyro JIT tutorial, shared by the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch.distributions import constraints
+
+
+def scale_model(x: torch.Tensor) -> torch.Tensor:
+    """The model of ``pyro.ops.jit.trace``'s docstring: one param, one sample site."""
+    scale = pyro.param("scale", torch.tensor(0.5), constraint=constraints.positive)
+    return pyro.sample("y", dist.Normal(x, scale))
+
+
+def scale_log_prob(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Log joint of :func:`scale_model` conditioned on ``y``: the log-prob example."""
+    cond_model = pyro.condition(scale_model, data={"y": y})
+    return poutine.trace(cond_model).get_trace(x).log_prob_sum()
+
+
+def gaussian_model(data: torch.Tensor) -> None:
+    """The tutorial's Gaussian model: unknown location and scale, iid observations."""
+    loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 3.0))
+    with pyro.plate("data", data.size(0)):
+        pyro.sample("obs", dist.Normal(loc, scale), obs=data)
+
+
+def gaussian_data(n: int = 100) -> torch.Tensor:
+    """Data for :func:`gaussian_model`, as in the tutorial."""
+    return dist.Normal(0.5, 2.0).sample((n,))
+
+
+def hmm_model(sequence: torch.Tensor, num_sequences: int, length: int, state_dim: int = 16) -> None:
+    """The tutorial's Gaussian HMM: enumerated hidden states, lengths passed as kwargs."""
+    with pyro.plate("states", state_dim):
+        trans = pyro.sample("trans", dist.Dirichlet(0.5 * torch.ones(state_dim)))
+        emit_loc = pyro.sample("emit_loc", dist.Normal(0.0, 10.0))
+    emit_scale = pyro.sample("emit_scale", dist.LogNormal(0.0, 3.0))
+    # Manual subsampling of sequences: scale up to the data size.
+    with poutine.scale(scale=num_sequences):
+        x = 0
+        for t in pyro.markov(range(length)):
+            x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]), infer={"enumerate": "parallel"})
+            pyro.sample(f"y_{t}", dist.Normal(emit_loc[x], emit_scale), obs=sequence[t])
+
+
+HMM_LATENTS = ["trans", "emit_scale", "emit_loc"]
+
+
+def hmm_data(small: bool = False) -> list[torch.Tensor]:
+    """Sequences of lengths 24, 48 and 72 (50, 20 and 5 of them; 5, 2, 1 if ``small``)."""
+    counts = (5, 2, 1) if small else (50, 20, 5)
+    lengths = [24] * counts[0] + [48] * counts[1] + [72] * counts[2]
+    return [torch.randn(length) for length in lengths]
