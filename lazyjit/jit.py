@@ -67,6 +67,8 @@ class _Entry:
     param_constraints: tuple
     out_spec: TreeSpec
     grad_leaves: tuple[int, ...]
+    flat: Callable[..., tuple[torch.Tensor, ...]]
+    checks_left: int
 
     def params_match(self, params: list[torch.Tensor | None]) -> bool:
         """Whether the store still holds the very tensors and constraints compiled against."""
@@ -99,6 +101,7 @@ class CompiledFunction:
         *,
         strict: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        verify: int = 0,
     ):
         if not callable(fn):
             raise TypeError(f"lazyjit.trace expects a callable, got {type(fn).__name__}")
@@ -109,6 +112,7 @@ class CompiledFunction:
         self.jit_options.pop("time_compilation", None)
         self.backend: Backend = get_backend(backend)
         self.strict = strict
+        self.verify = verify
         self.compile_time: float | None = None
         self.stats = CompileStats()
         self._cache = LRUCache(cache_size)
@@ -133,8 +137,10 @@ class CompiledFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key, leaves, idents = signature(args, kwargs)
-        entry, params = self._lookup(key, leaves, idents, args, kwargs)
-        return tree_unflatten(list(entry.program(*params, *leaves)), entry.out_spec)
+        entry, params = self._lookup(key, leaves, idents)
+        inputs = [*params, *leaves]
+        outputs = self._run(entry, lambda program: program(*inputs))
+        return tree_unflatten(list(outputs), entry.out_spec)
 
     def value_and_grad(self, *args: Any, **kwargs: Any) -> tuple[Any, Gradients]:
         """Calls the function and differentiates its output (or its first output, if it
@@ -145,10 +151,11 @@ class CompiledFunction:
         accumulated into ``.grad``; the caller decides what to do with the gradients.
         """
         key, leaves, idents = signature(args, kwargs)
-        entry, params = self._lookup(key, leaves, idents, args, kwargs)
+        entry, params = self._lookup(key, leaves, idents)
         num_params = len(params)
         wrt = list(range(num_params)) + [num_params + i for i in entry.grad_leaves]
-        outputs, grads = entry.program.value_and_grad([*params, *leaves], wrt)
+        inputs = [*params, *leaves]
+        outputs, grads = self._run(entry, lambda program: program.value_and_grad(inputs, wrt))
         leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
         for i, g in zip(entry.grad_leaves, grads[num_params:]):
             leaf_grads[i] = g
@@ -158,16 +165,44 @@ class CompiledFunction:
         )
         return tree_unflatten(list(outputs), entry.out_spec), gradients
 
+    def _run(self, entry: _Entry, call: Callable[[Program], Any]) -> Any:
+        """``call(entry.program)``; while the entry has checks left (``verify``), also
+        ``call`` on the eager program from the same RNG state, and compare."""
+        if not entry.checks_left:
+            return call(entry.program)
+        before = torch.get_rng_state()
+        result = call(entry.program)
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)
+        expected = call(Program(entry.flat))
+        torch.set_rng_state(after)
+        entry.checks_left -= 1
+        try:
+            torch.testing.assert_close(
+                tree_flatten(result)[0],
+                tree_flatten(expected)[0],
+                rtol=1e-4,
+                atol=1e-5,
+                equal_nan=True,
+            )
+        except AssertionError as e:
+            raise LazyJitError(
+                f"{self._name}: the {self.backend.name} program disagrees with eager Pyro on "
+                f"the same inputs and seed. Its structure may depend on global state or on "
+                f"tensor values; run it with backend='eager'.\n{e}"
+            ) from None
+        return result
+
     def clear(self) -> None:
         """Drops every compiled entry."""
         self._cache.clear()
 
-    def _lookup(self, key, leaves, idents, args, kwargs) -> tuple[_Entry, list[torch.Tensor]]:
+    def _lookup(self, key, leaves, idents) -> tuple[_Entry, list[torch.Tensor]]:
         hit = self._hit(key)
         if hit is None:
             with self._lock:
                 # Another thread may have compiled this signature while we waited.
-                hit = self._hit(key) or self._compile(key, leaves, idents, args, kwargs)
+                hit = self._hit(key) or self._compile(key, leaves, idents)
         return hit
 
     def _hit(self, key) -> tuple[_Entry, list[torch.Tensor]] | None:
@@ -180,12 +215,16 @@ class CompiledFunction:
         self.stats.hits += 1
         return entry, params
 
-    def _compile(self, key, leaves, idents, args, kwargs) -> tuple[_Entry, list[torch.Tensor]]:
+    def _compile(self, key, leaves, idents) -> tuple[_Entry, list[torch.Tensor]]:
         self.stats.misses += 1
         if key in self._cache:
             self.stats.recompiles += 1
             logger.info("lazyjit: params of %s changed since compiling; recompiling", self._name)
         start = time.perf_counter()
+        # Compiling runs the function more than once: give those runs copies of the
+        # tensor arguments, so a function that mutates its inputs mutates them once per call.
+        probes = [t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
+        args, kwargs = rebuild(key, probes)
         param_names = find_params(self.fn, args, kwargs)
         params = current_params(param_names)
         pure = pure_function(self.fn, key, param_names)
@@ -204,7 +243,7 @@ class CompiledFunction:
             spec_box[:] = [spec]
             return tuple(outputs)
 
-        inputs = [*params, *leaves]
+        inputs = [*params, *probes]
         program = self._compile_program(flat, inputs)
         if not spec_box:  # the eager fallback has not run the function yet
             flat(*inputs)
@@ -227,6 +266,9 @@ class CompiledFunction:
             param_constraints=constraints_of(param_names),
             out_spec=spec_box[0],
             grad_leaves=tuple(i for i, t in enumerate(leaves) if t.requires_grad),
+            flat=flat,
+            # Checking an eager program (the backend or a fallback) against eager is moot.
+            checks_left=0 if type(program) is Program else self.verify,
         )
         self.stats.evictions += len(self._cache.put(key, entry, idents))
         return entry, params
@@ -284,6 +326,7 @@ def trace(
     backend: str = "torchscript",
     strict: bool = False,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    verify: int = 0,
 ) -> CompiledFunction | Callable[[Callable], CompiledFunction]:
     """Lazy replacement for :func:`pyro.ops.jit.trace`.
 
@@ -301,11 +344,18 @@ def trace(
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when
         compiling fails or the function's structure depends on tensor values.
     :param cache_size: the most compiled entries kept; the least recently used goes.
+    :param verify: check each entry's first ``verify`` calls against eager Pyro on the
+        same inputs and RNG state (values and gradients) and raise
+        :class:`LazyJitError` on a mismatch. Each checked call also pays an eager run.
     """
-    if fn is None:
-        return lambda fn: CompiledFunction(
-            fn, ignore_warnings, jit_options, backend, strict=strict, cache_size=cache_size
-        )
-    return CompiledFunction(
-        fn, ignore_warnings, jit_options, backend, strict=strict, cache_size=cache_size
+    options = dict(
+        ignore_warnings=ignore_warnings,
+        jit_options=jit_options,
+        backend=backend,
+        strict=strict,
+        cache_size=cache_size,
+        verify=verify,
     )
+    if fn is None:
+        return lambda fn: CompiledFunction(fn, **options)
+    return CompiledFunction(fn, **options)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import LazyJitWarning
+from .errors import LazyJitError, LazyJitWarning
 
 # Node tags. A key is a tree of tuples whose first item is one of these.
 _TENSOR = "tensor"
@@ -94,6 +94,12 @@ def _static_value(obj: Any) -> Hashable:
 
 def _static(obj: Any, idents: list[IdentityRef]) -> tuple:
     cls = type(obj)
+    if isinstance(obj, Iterator):
+        # The first call consumes it while looking for params; the compiler would see it empty.
+        raise LazyJitError(
+            f"lazyjit cannot compile a call with a {cls.__name__} argument (an iterator is "
+            "consumed by the first run); pass a list or a tuple instead"
+        )
     hash_fn = getattr(cls, "__hash__", None)
     if hash_fn is not None and hash_fn is not object.__hash__:
         try:
