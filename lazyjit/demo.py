@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
+import pyro.infer
 import pyro.ops.jit
 import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDiagonalNormal
+from pyro.optim import Adam
 
 from . import examples
+from .elbo import JitTrace_ELBO, JitTraceEnum_ELBO
 from .jit import trace
 from .timing import compare, table
 
@@ -33,8 +40,64 @@ def log_prob_rows(steps: int) -> str:
     return table("Log-prob example (seed 000), 100 points", results, baseline="pyro.ops.jit.trace")
 
 
+def gaussian_contenders(backends: list[str]) -> dict:
+    """SVI steps on the tutorial Gaussian model with AutoDiagonalNormal (100 points)."""
+    data = examples.gaussian_data(100)
+
+    def setup(elbo):
+        guide = AutoDiagonalNormal(examples.gaussian_model)
+        guide(data)  # the tutorial's lazy initialisation, before compiling
+        svi = pyro.infer.SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), elbo)
+        return lambda: svi.step(data)
+
+    contenders = {
+        "Pyro Trace_ELBO": lambda: setup(pyro.infer.Trace_ELBO()),
+        "Pyro JitTrace_ELBO": lambda: setup(pyro.infer.JitTrace_ELBO(ignore_jit_warnings=True)),
+    }
+    for b in backends:
+        contenders[f"lazyjit JitTrace_ELBO ({b})"] = lambda b=b: setup(
+            JitTrace_ELBO(ignore_jit_warnings=True, backend=b)
+        )
+    return contenders
+
+
+def hmm_contenders(backends: list[str], small: bool) -> dict:
+    """SVI epochs on the tutorial HMM, three sequence lengths passed as kwargs."""
+    sequences = examples.hmm_data(small)
+    model = examples.hmm_model
+
+    def setup(elbo):
+        guide = AutoDiagonalNormal(poutine.block(model, expose=examples.HMM_LATENTS))
+        guide(sequences[0], num_sequences=len(sequences), length=len(sequences[0]))
+        svi = pyro.infer.SVI(model, guide, Adam({"lr": 0.01}), elbo)
+
+        def epoch():
+            for seq in sequences:
+                svi.step(seq, num_sequences=len(sequences), length=len(seq))
+
+        return epoch
+
+    contenders = {
+        "Pyro TraceEnum_ELBO": lambda: setup(pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)),
+        "Pyro JitTraceEnum_ELBO": lambda: setup(
+            pyro.infer.JitTraceEnum_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
+        ),
+    }
+    for b in backends:
+        contenders[f"lazyjit JitTraceEnum_ELBO ({b})"] = lambda b=b: setup(
+            JitTraceEnum_ELBO(max_plate_nesting=1, ignore_jit_warnings=True, backend=b)
+        )
+    return contenders
+
+
 def main(quick: bool = False) -> None:
     """Prints the demo's tables."""
+    warnings.filterwarnings("ignore", category=UserWarning)  # TorchScript's, via Pyro's jit
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     print(log_prob_rows(steps=200 if quick else 2000))
+    print()
+    results = compare(gaussian_contenders(["torchscript"]), steps=50 if quick else 300)
+    print(
+        table("SVI step, seed Gaussian model (100 points)", results, "Pyro JitTrace_ELBO", "step")
+    )

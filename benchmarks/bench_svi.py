@@ -1,0 +1,49 @@
+"""SVI side by side: Pyro eager, Pyro's Jit ELBOs and lazyjit's, in one run.
+
+    python benchmarks/bench_svi.py [--quick] [--backends torchscript,eager]
+
+Prints, per workload, first-step time (compiles included) and steady-state time per step
+(the median over repeats, contenders alternating), with ratios to Pyro's jit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import pyro
+
+from lazyjit.demo import gaussian_contenders, hmm_contenders
+from lazyjit.timing import compare, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and sequences")
+    parser.add_argument(
+        "--backends", default="torchscript", help="comma-separated lazyjit backends"
+    )
+    args = parser.parse_args()
+    backends = args.backends.split(",")
+    warnings.filterwarnings("ignore", category=UserWarning)  # TorchScript's, from Pyro's jit
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    steps = 100 if args.quick else 1000
+    results = compare(gaussian_contenders(backends), steps=steps, repeats=3)
+    print(
+        table(
+            "SVI step, seed Gaussian model (100 points, AutoDiagonalNormal)",
+            results,
+            "Pyro JitTrace_ELBO",
+            "step",
+        )
+    )
+    print()
+    pyro.clear_param_store()
+    results = compare(hmm_contenders(backends, small=args.quick), steps=1, repeats=2)
+    sizes = "lengths 24/48/72" + (", 8 sequences" if args.quick else ", 75 sequences")
+    print(table(f"SVI epoch, seed HMM ({sizes})", results, "Pyro JitTraceEnum_ELBO", "epoch"))
+
+
+if __name__ == "__main__":
+    main()
