@@ -340,7 +340,9 @@ def trace(
         function branched on a tensor value still makes that entry run eagerly.
     :param jit_options: keyword arguments for :func:`torch.jit.trace`
         (``check_trace`` defaults to ``False``).
-    :param backend: ``"torchscript"`` or ``"eager"`` (plumbing and cache only).
+    :param backend: ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
+        (a ``make_fx`` graph run as FX code) or ``"inductor"`` (that graph compiled by
+        inductor); see ``docs/index.md``.
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when
         compiling fails or the function's structure depends on tensor values.
     :param cache_size: the most compiled entries kept; the least recently used goes.

@@ -23,7 +23,7 @@ from torch.distributions import constraints
 import lazyjit
 from lazyjit import LazyJitError, LazyJitWarning, StructureWarning
 
-BACKENDS = ["torchscript", "eager"]
+BACKENDS = ["torchscript", "eager", "aten"]
 PYRO_DEFECT = pytest.mark.xfail(strict=True, reason="defect of pyro.ops.jit.trace")
 
 

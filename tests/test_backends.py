@@ -1,0 +1,436 @@
+"""The graph-capture backends: ``"aten"`` (make_fx, run as FX code) and ``"inductor"``.
+
+Every case compares a compiled function with the same Python run eagerly, values and
+gradients, from the same seed where it draws random numbers. Inductor compiles cost
+seconds each, so all but two inductor cases are marked ``slow``.
+"""
+
+import functools
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints
+
+import lazyjit
+from lazyjit import LazyJitError, LazyJitWarning, StructureWarning, examples
+from lazyjit.backends import GraphProgram
+from lazyjit.examples import gaussian_data, gaussian_model, scale_log_prob
+
+SLOW = pytest.mark.slow
+GRAPH_BACKENDS = ["aten", pytest.param("inductor", marks=SLOW)]
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def eager_value_and_grads(fn, names, *args):
+    """``fn(*args)`` and its gradients w.r.t. the unconstrained params ``names``."""
+    value = fn(*args)
+    params = [pyro.param(n).unconstrained() for n in names]
+    return value.detach(), dict(zip(names, torch.autograd.grad(value, params)))
+
+
+def program_of(compiled):
+    (program,) = compiled.compiled.values()
+    return program
+
+
+def assert_matches_eager(compiled, fn, *args, seed=None):
+    """``compiled.value_and_grad`` and ``compiled(...).backward`` against eager Pyro."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    value, grads = compiled.value_and_grad(*args)
+    if seed is not None:
+        torch.manual_seed(seed)
+    expected, expected_grads = eager_value_and_grads(fn, list(grads.params), *args)
+    assert_close(value, expected)
+    assert_close(grads.params, expected_grads)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = compiled(*args)
+    assert out.requires_grad
+    names = list(grads.params)
+    params = [pyro.param(n).unconstrained() for n in names]
+    assert_close(out.detach(), expected)
+    assert_close(dict(zip(names, torch.autograd.grad(out, params))), expected_grads)
+
+
+def perturb_params():
+    with torch.no_grad():
+        for name in pyro.get_param_store().keys():
+            p = pyro.param(name).unconstrained()
+            p.add_(0.1 * torch.randn_like(p))
+
+
+# The log-prob example.
+@pytest.mark.parametrize("backend", ["aten", "inductor"])
+def test_log_prob_example(backend):
+    compiled = lazyjit.trace(scale_log_prob, backend=backend)
+    x, y = torch.randn(100), torch.randn(100)
+    for _ in range(3):
+        value, grads = compiled.value_and_grad(x, y)
+        expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
+        assert_close(value, expected)
+        assert_close(grads.params, expected_grads)
+        assert not value.requires_grad and not grads.params["scale"].requires_grad
+        perturb_params()  # the graph reads current params, nothing is baked in
+    program = program_of(compiled)
+    assert isinstance(program, GraphProgram) and len(program.grad_graph_modules) == 1
+    assert pyro.param("scale").unconstrained().grad is None  # nothing accumulated
+    assert compiled.stats.fallbacks == 0
+
+
+def test_aten_graph_is_fx_code_with_gradients_inside():
+    compiled = lazyjit.trace(scale_log_prob, backend="aten")
+    x, y = torch.randn(10), torch.randn(10)
+    compiled.value_and_grad(x, y)
+    program = program_of(compiled)
+    assert "torch.ops.aten." in program.graph_module.code
+    assert "lift_fresh_copy" not in program.graph_module.code  # dead code is gone
+    ((wrt, grad_graph),) = program.grad_graph_modules.items()
+    assert wrt == (0,)
+    # Output 0 and its gradient: both come out of one graph...
+    assert len(grad_graph.graph.output_node().args[0]) == 2
+    # ...so calling it again runs no autograd at all.
+    grad = torch.autograd.grad
+    try:
+        torch.autograd.grad = None
+        value, grads = compiled.value_and_grad(x, y)
+    finally:
+        torch.autograd.grad = grad
+    assert_close(grads.params, eager_value_and_grads(scale_log_prob, ["scale"], x, y)[1])
+
+
+def test_value_and_grad_wrt_arguments():
+    def fn(z, w):
+        loc = pyro.param("loc", torch.zeros(3))
+        return -dist.Normal(loc, 2.0).log_prob(z).sum() + (w**2).sum()
+
+    compiled = lazyjit.trace(fn, backend="aten")
+    z, w = torch.randn(3, requires_grad=True), torch.randn(2)
+    value, grads = compiled.value_and_grad(z, w)
+    expected = fn(z, w)
+    gz, gloc = torch.autograd.grad(expected, [z, pyro.param("loc").unconstrained()])
+    assert_close(value, expected.detach())
+    assert_close(grads.args[0], gz)
+    assert grads.args[1] is None
+    assert_close(grads.params["loc"], gloc)
+
+
+# Params a module reads from itself must be graph inputs, not constants.
+class Regression(PyroModule):
+    def __init__(self):
+        super().__init__()
+        self.linear = PyroModule[torch.nn.Linear](3, 1)
+        self.noise = PyroParam(torch.tensor(0.7), constraint=constraints.positive)
+
+    def forward(self, x, y=None):
+        mean = self.linear(x).squeeze(-1)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("y", dist.Normal(mean, self.noise), obs=y)
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_pyro_module_regression(backend):
+    reg = Regression()
+    x, y = torch.randn(20, 3), torch.randn(20)
+
+    def log_prob(x, y):
+        return poutine.trace(reg).get_trace(x, y).log_prob_sum()
+
+    compiled = lazyjit.trace(log_prob, backend=backend)
+    for _ in range(2):
+        assert_matches_eager(compiled, log_prob, x, y)
+        perturb_params()
+    assert sorted(pyro.get_param_store().keys()) == ["linear.bias", "linear.weight", "noise"]
+    assert compiled.stats.compilations == 1 and compiled.stats.fallbacks == 0
+
+
+def test_pyro_module_primitive():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+
+    def log_prob(x, y):
+        mean = pyro.module("net", net)(x).squeeze(-1)
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+        return dist.Normal(mean, scale).log_prob(y).sum()
+
+    compiled = lazyjit.trace(log_prob, backend="aten")
+    x, y = torch.randn(8, 3), torch.randn(8)
+    for _ in range(2):
+        assert_matches_eager(compiled, log_prob, x, y)
+        perturb_params()
+    assert len(pyro.get_param_store()) == 5
+
+
+# An ELBO written by hand from traces, with an autoguide's random draws inside the graph.
+def make_elbo(guide):
+    def elbo(data):
+        guide_tr = poutine.trace(guide).get_trace(data)
+        model_tr = poutine.trace(poutine.replay(gaussian_model, trace=guide_tr)).get_trace(data)
+        return guide_tr.log_prob_sum() - model_tr.log_prob_sum()
+
+    return elbo
+
+
+@pytest.mark.parametrize("guide_class", [AutoNormal, AutoDiagonalNormal])
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_autoguide_elbo(backend, guide_class):
+    data = gaussian_data(100)
+    elbo = make_elbo(guide_class(gaussian_model))
+    compiled = lazyjit.trace(elbo, backend=backend)
+    compiled.value_and_grad(data)  # captures; later calls draw like eager from a seed
+    for seed in range(3):
+        assert_matches_eager(compiled, elbo, data, seed=seed)
+        perturb_params()
+    assert compiled.stats.fallbacks == 0
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_jit_trace_elbo_matches_pyro(backend):
+    data = gaussian_data(100)
+    guide = AutoDiagonalNormal(gaussian_model)
+    compiled_elbo = lazyjit.JitTrace_ELBO(backend=backend)
+    compiled_elbo.loss_and_grads(gaussian_model, guide, data)  # compiles
+    results = []
+    for elbo in [compiled_elbo, Trace_ELBO()]:
+        for p in guide.parameters():
+            p.grad = None
+        torch.manual_seed(7)
+        loss = elbo.loss_and_grads(gaussian_model, guide, data)
+        results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert_close(results[0][1], results[1][1])
+
+
+def test_enumerated_hmm_takes_pyros_trace_safe_paths():
+    """TraceEnum_ELBO branches on `mask.all()` unless it sees a tracer: the capture must
+    show it one (and only while capturing)."""
+    tracing_state = torch._C._get_tracing_state
+    sequence = torch.randn(5)
+    model = functools.partial(examples.hmm_model, num_sequences=4, length=5, state_dim=3)
+    guide = AutoDiagonalNormal(poutine.block(model, expose=examples.HMM_LATENTS))
+    compiled_elbo = lazyjit.JitTraceEnum_ELBO(max_plate_nesting=1, backend="aten", strict=True)
+    compiled_elbo.loss_and_grads(model, guide, sequence)
+    assert torch._C._get_tracing_state is tracing_state
+    assert torch._C._get_tracing_state() is None
+    results = []
+    for elbo in [compiled_elbo, TraceEnum_ELBO(max_plate_nesting=1)]:
+        for p in guide.parameters():
+            p.grad = None
+        torch.manual_seed(3)
+        loss = elbo.loss_and_grads(model, guide, sequence)
+        results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert_close(results[0][1], results[1][1])
+
+
+# Random draws are ops in the graph: drawn anew on every call, the same as eager's.
+def noisy(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    z = pyro.sample("z", dist.Normal(loc, 1.0).expand(x.shape).to_event(1))
+    u = dist.Uniform(0.0, 1.0).rsample(x.shape)
+    b = pyro.sample("b", dist.Bernoulli(0.3).expand(x.shape).to_event(1))
+    dist.Normal(0.0, 1.0).sample()  # unused, but it advances the random stream
+    return (z * x + u - b).sum(), z
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_random_draws_follow_the_seed(backend):
+    compiled = lazyjit.trace(noisy, backend=backend, verify=2)  # verify: against eager
+    x = torch.randn(50)
+    compiled(x)
+    first, second = compiled(x)[1], compiled(x)[1]
+    assert not torch.equal(first, second)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        actual = compiled(x)
+        after_compiled = torch.rand(())
+        torch.manual_seed(seed)
+        expected = noisy(x)
+        assert_close(actual, expected)
+        assert after_compiled == torch.rand(())  # the same draws were consumed
+        value, grads = compiled.value_and_grad(x)
+        assert_close(grads.params["loc"], x.sum().reshape(()))
+
+
+def test_capture_does_not_advance_the_random_stream():
+    compiled = lazyjit.trace(noisy, backend="aten")
+    x = torch.randn(5)
+    compiled(x)
+    torch.manual_seed(0)
+    compiled.value_and_grad(x)  # captures the value-and-grad graph, then runs it
+    after = torch.rand(())
+    torch.manual_seed(0)
+    compiled.value_and_grad(x)
+    assert after == torch.rand(())
+
+
+# Structure that depends on tensor values.
+def branchy(x):
+    if x.sum() > 0:
+        return x * pyro.param("w", torch.tensor(2.0))
+    return x - 1
+
+
+def test_data_dependent_branch_falls_back_to_eager():
+    compiled = lazyjit.trace(branchy, backend="aten")
+    pos, neg = torch.ones(3), -3 * torch.ones(3)
+    with pytest.warns(StructureWarning, match=r"test_backends.py:\d+"):
+        assert_close(compiled(pos), pos * 2)
+    assert_close(compiled(neg), neg - 1)
+    assert compiled.stats.fallbacks == 1
+
+
+def test_data_dependent_branch_strict_raises():
+    compiled = lazyjit.trace(branchy, backend="aten", strict=True)
+    with pytest.raises(LazyJitError, match="depends on tensor values"):
+        compiled(torch.ones(3))
+
+
+def test_item_falls_back_to_eager():
+    compiled = lazyjit.trace(lambda x: x * x.max().item(), backend="aten")
+    with pytest.warns(StructureWarning, match="reads the value of a tensor"):
+        assert_close(compiled(torch.arange(3.0)), torch.arange(3.0) * 2)
+    assert_close(compiled(torch.arange(4.0)), torch.arange(4.0) * 3)
+
+
+def test_static_shape_reads_compile():
+    def f(x):
+        n = int(x.shape[0])  # a shape, part of the cache key: static
+        return x.sum() / n
+
+    compiled = lazyjit.trace(f, backend="aten")
+    assert_close(compiled(torch.ones(4)), torch.tensor(1.0))
+    assert compiled.stats.fallbacks == 0
+
+
+# Pyro's two xfailed jit tests, "grad cannot appear in jitted code".
+def squared_distance_grads(x, y):
+    loss = (x - y).pow(2).sum()
+    return torch.autograd.grad(loss, [x, y], allow_unused=True)
+
+
+@pytest.mark.parametrize("y_shape", [(2,), (1,)], ids=["grad", "grad_expand"])
+@pytest.mark.parametrize("backend", ["aten", pytest.param("inductor", marks=SLOW)])
+def test_grad_inside_compiled_function(backend, y_shape):
+    compiled = lazyjit.trace(squared_distance_grads, backend=backend)
+    for fill in [1.0, 0.0, -2.0]:
+        x = torch.randn(2, requires_grad=True)
+        y = torch.full(y_shape, fill, requires_grad=True)
+        actual = compiled(x, y)
+        expected = squared_distance_grads(x, y)
+        assert_close([a.detach() for a in actual], list(expected))
+    assert compiled.stats.compilations == 1 and compiled.stats.fallbacks == 0
+
+
+# A graph records ops, not the grad mode they ran in: what eager did not differentiate,
+# a plain call of the compiled function must not differentiate either.
+def stop_gradients(x):
+    w = pyro.param("w", torch.ones(3))
+    with torch.no_grad():
+        target = w * 2
+    noise = dist.Normal(w, 1.0).sample()  # sample(), not rsample(): no gradient
+    return ((w - target) ** 2).sum() + (noise * x).sum()
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_no_grad_regions_stay_without_gradient(backend):
+    compiled = lazyjit.trace(stop_gradients, backend=backend)
+    x = torch.randn(3)
+    compiled(x)
+    for seed in range(2):
+        assert_matches_eager(compiled, stop_gradients, x, seed=seed)
+        perturb_params()
+
+
+# A custom autograd.Function's backward is Python code: no aten graph can hold it.
+def dirichlet_draw(x):
+    concentration = pyro.param("concentration", torch.ones(3), constraint=constraints.positive)
+    z = pyro.sample("z", dist.Dirichlet(concentration))
+    return (z * x).sum()
+
+
+def test_custom_autograd_function():
+    compiled = lazyjit.trace(dirichlet_draw, backend="aten")
+    x = torch.randn(3)
+    with pytest.warns(LazyJitWarning, match="_Dirichlet"):
+        compiled(x)  # differentiable: runs eagerly, with the Function's own backward
+    for seed in range(2):
+        assert_matches_eager(compiled, dirichlet_draw, x, seed=seed)
+    assert program_of(compiled).grad_graph_modules  # value_and_grad stayed compiled
+    with torch.no_grad():
+        compiled(x)  # compiles the no-grad entry
+        torch.manual_seed(0)
+        actual = compiled(x)
+        torch.manual_seed(0)
+        assert_close(actual, dirichlet_draw(x))
+
+
+# Degrade, never break.
+def test_works_without_torchscript(monkeypatch):
+    def no_torchscript(*args, **kwargs):
+        raise RuntimeError("torch.jit is gone")
+
+    monkeypatch.setattr(torch.jit, "trace", no_torchscript)
+    monkeypatch.setattr(torch.jit, "script", no_torchscript)
+    reg = Regression()
+    x, y = torch.randn(6, 3), torch.randn(6)
+
+    def log_prob(x, y):
+        return poutine.trace(reg).get_trace(x, y).log_prob_sum()
+
+    compiled = lazyjit.trace(log_prob, backend="aten")
+    assert_matches_eager(compiled, log_prob, x, y)
+    assert compiled.stats.fallbacks == 0
+
+
+def test_failed_gradient_capture_uses_autograd(monkeypatch):
+    compiled = lazyjit.trace(scale_log_prob, backend="aten")
+    x, y = torch.randn(5), torch.randn(5)
+    compiled(x, y)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no capture today")
+
+    monkeypatch.setattr(lazyjit.backends, "_value_and_grad_of", broken)
+    with pytest.warns(LazyJitWarning, match="no capture today"):
+        value, grads = compiled.value_and_grad(x, y)
+    expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
+    assert_close(value, expected)
+    assert_close(grads.params, expected_grads)
+
+
+def test_failed_inductor_compile_runs_fx_code(monkeypatch):
+    import torch._inductor.compile_fx
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken)
+    compiled = lazyjit.trace(scale_log_prob, backend="inductor")
+    x, y = torch.randn(5), torch.randn(5)
+    with pytest.warns(LazyJitWarning, match="no C.. compiler"):
+        assert_matches_eager(compiled, scale_log_prob, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per program
+        assert_matches_eager(compiled, scale_log_prob, x, y)
+
+
+def test_no_grad_call_and_value_and_grad_entries():
+    compiled = lazyjit.trace(scale_log_prob, backend="aten")
+    x, y = torch.randn(5), torch.randn(5)
+    with torch.no_grad():
+        out = compiled(x, y)
+        value, grads = compiled.value_and_grad(x, y)  # gradients even under no_grad
+    assert not out.requires_grad
+    expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
+    assert_close(out, expected)
+    assert_close(grads.params, expected_grads)
