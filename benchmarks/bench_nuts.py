@@ -1,0 +1,213 @@
+"""NUTS side by side: Pyro eager, Pyro ``jit_compile=True`` and lazyjit ``jit_compile=True``.
+
+    python benchmarks/bench_nuts.py [--quick] [--repeats N] [--backends a,b] [--threads N]
+
+For the seed Gaussian model (100 points) and logistic regression (1000 points, 5
+features), runs NUTS (500 warmup + 500 samples; 100 + 100 with ``--quick``) from the same
+seed for every contender, contenders alternating, ``--repeats`` times, and prints a
+markdown table of medians. Contenders: Pyro eager, Pyro ``jit_compile=True``, and lazyjit
+``jit_compile=True`` with each of ``--backends`` (default: every registered backend but
+"eager"). Torch runs one intra-op thread (``--threads``) so that other load on a small
+machine does not leave OpenMP threads spinning; all contenders alike.
+
+- wall: the whole ``MCMC.run``, kernel setup and compilation included;
+- steps: leapfrog steps in a run (one potential+gradient evaluation each);
+- wall/step: wall time over steps, i.e. one gradient plus NUTS's own bookkeeping;
+- grad: one potential+gradient evaluation alone, as the integrator asks for it;
+- compile: the first potential+gradient evaluation minus a steady one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import pyro.infer.mcmc as pyro_mcmc
+import pyro.ops.integrator
+import torch
+from pyro.infer import MCMC
+from pyro.infer.mcmc.util import initialize_model
+from pyro.ops.integrator import potential_grad
+
+import lazyjit
+from lazyjit import examples
+
+
+def logistic_model(x: torch.Tensor, y: torch.Tensor) -> None:
+    coefs = pyro.sample("coefs", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    bias = pyro.sample("bias", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("obs", dist.Bernoulli(logits=x @ coefs + bias), obs=y)
+
+
+def logistic_data(n: int = 1000, dim: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, dim)
+    y = dist.Bernoulli(logits=x @ torch.linspace(-1.0, 1.0, dim) + 0.5).sample()
+    return x, y
+
+
+# Each contender: (kernel factory, potential+gradient factory for the isolated timing).
+Contender = tuple[Callable[[Callable], object], Callable[[Callable, tuple], Callable]]
+
+
+def _pyro_grad(jit: bool) -> Callable[[Callable, tuple], Callable]:
+    def make(model: Callable, args: tuple) -> Callable:
+        z, potential, _, _ = initialize_model(model, args, jit_compile=jit, skip_jit_warnings=True)
+        return lambda: potential_grad(potential, z)
+
+    return make
+
+
+def _lazyjit_grad(backend: str) -> Callable[[Callable, tuple], Callable]:
+    def make(model: Callable, args: tuple) -> Callable:
+        potential = lazyjit.potential_fn(model, args, backend=backend, ignore_jit_warnings=True)
+        z = potential.initial_params
+        return lambda: potential.value_and_grad(z)
+
+    return make
+
+
+def contenders(backends: list[str]) -> dict[str, Contender]:
+    result: dict[str, Contender] = {
+        "Pyro eager": (lambda m: pyro_mcmc.NUTS(m), _pyro_grad(False)),
+        "Pyro jit": (
+            lambda m: pyro_mcmc.NUTS(m, jit_compile=True, ignore_jit_warnings=True),
+            _pyro_grad(True),
+        ),
+    }
+    for backend in backends:
+        result[f"lazyjit ({backend})"] = (
+            lambda m, b=backend: lazyjit.NUTS(
+                m, jit_compile=True, ignore_jit_warnings=True, backend=b
+            ),
+            _lazyjit_grad(backend),
+        )
+    return result
+
+
+class _StepCounter:
+    """Counts leapfrog steps: ``velocity_verlet`` looks ``_single_step_verlet`` up in its
+    module on every step, whichever kernel runs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._original = pyro.ops.integrator._single_step_verlet
+
+    def __enter__(self) -> _StepCounter:
+        def counted(*args, **kwargs):
+            self.count += 1
+            return self._original(*args, **kwargs)
+
+        pyro.ops.integrator._single_step_verlet = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pyro.ops.integrator._single_step_verlet = self._original
+
+
+def run_nuts(kernel_factory: Callable, model: Callable, args: tuple, n: int) -> tuple[float, int]:
+    pyro.set_rng_seed(1)
+    kernel = kernel_factory(model)
+    with _StepCounter() as counter:
+        start = time.perf_counter()
+        MCMC(kernel, num_samples=n, warmup_steps=n, disable_progbar=True).run(*args)
+        wall = time.perf_counter() - start
+    return wall, counter.count
+
+
+def time_grad(make: Callable, model: Callable, args: tuple, calls: int) -> tuple[float, float]:
+    """(seconds of the first evaluation minus a steady one, median steady seconds)."""
+    pyro.set_rng_seed(0)
+    grad = make(model, args)
+    start = time.perf_counter()
+    grad()
+    first = time.perf_counter() - start
+    for _ in range(20):  # TorchScript's profiling executor optimizes over the first runs
+        grad()
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            grad()
+        samples.append((time.perf_counter() - start) / calls)
+    steady = statistics.median(samples)
+    return first - steady, steady
+
+
+def bench(
+    title: str,
+    model: Callable,
+    args: tuple,
+    n: int,
+    repeats: int,
+    backends: list[str],
+) -> str:
+    contending = contenders(backends)
+    walls: dict[str, list[float]] = {name: [] for name in contending}
+    grads: dict[str, list[float]] = {name: [] for name in contending}
+    compiles: dict[str, list[float]] = {name: [] for name in contending}
+    steps: dict[str, int] = {}
+    for _ in range(repeats):
+        for name, (kernel_factory, grad_factory) in contending.items():
+            wall, count = run_nuts(kernel_factory, model, args, n)
+            walls[name].append(wall)
+            steps[name] = count
+            with pyro.validation_enabled(False):  # as in MCMC.run
+                compile_s, grad_s = time_grad(grad_factory, model, args, calls=200)
+            grads[name].append(grad_s)
+            compiles[name].append(compile_s)
+    med = {name: statistics.median(v) for name, v in walls.items()}
+    med_grad = {name: statistics.median(v) for name, v in grads.items()}
+    base, base_grad = med["Pyro jit"], med_grad["Pyro jit"]
+    lines = [
+        f"### {title}: NUTS {n} warmup + {n} samples, median of {repeats}",
+        "",
+        "| contender | wall (s) | spread | steps | wall/step (us) | grad (us) | compile (ms) "
+        "| wall / Pyro jit | grad / Pyro jit |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in contending:
+        spread = (max(walls[name]) - min(walls[name])) / med[name]
+        compile_ms = statistics.median(compiles[name]) * 1e3
+        lines.append(
+            f"| {name} | {med[name]:.2f} | {spread:.0%} | {steps[name]} | "
+            f"{med[name] / steps[name] * 1e6:.0f} | {med_grad[name] * 1e6:.0f} | "
+            f"{compile_ms:.0f} | {med[name] / base:.2f} | {med_grad[name] / base_grad:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 warmup + 100 samples")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--backends",
+        default=",".join(b for b in lazyjit.BACKENDS if b != "eager"),
+        help="comma-separated lazyjit backends",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    backends = args.backends.split(",")
+    # TorchScript's TracerWarnings (Pyro's jit shows them despite ignore_jit_warnings).
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    n = 100 if args.quick else 500
+    pyro.set_rng_seed(0)
+    gaussian = (examples.gaussian_data(100),)
+    logistic = logistic_data()
+    print(f"torch {torch.__version__}, pyro {pyro.__version__}, {args.threads} thread(s)\n")
+    title = "Seed Gaussian model (100 points)"
+    print(bench(title, examples.gaussian_model, gaussian, n, args.repeats, backends))
+    print()
+    title = "Logistic regression (1000 points, 5 features)"
+    print(bench(title, logistic_model, logistic, n, args.repeats, backends))
+
+
+if __name__ == "__main__":
+    main()
