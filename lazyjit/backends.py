@@ -54,18 +54,22 @@ class Program:
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
         """Outputs, and the gradient of output 0 (a scalar) w.r.t. ``inputs[i]`` for
         each ``i`` in ``wrt`` (zeros where it does not depend on that input)."""
-        inputs = list(inputs)
-        for i in wrt:
-            if not inputs[i].requires_grad:
-                inputs[i] = inputs[i].detach().requires_grad_()
+        # This runs at every SVI step and leapfrog step: it avoids work in the common
+        # case (params already require grad, grad mode on, every gradient defined).
+        if not all(inputs[i].requires_grad for i in wrt):
+            inputs = list(inputs)
+            for i in wrt:
+                if not inputs[i].requires_grad:
+                    inputs[i] = inputs[i].detach().requires_grad_()
+        targets = [inputs[i] for i in wrt]
         with torch.enable_grad():
             outputs = self(*inputs)
-            targets = [inputs[i] for i in wrt]
             if targets and outputs[0].requires_grad:
-                grads = torch.autograd.grad(outputs[0], targets, allow_unused=True)
+                grads = list(torch.autograd.grad(outputs[0], targets, allow_unused=True))
             else:
-                grads = (None,) * len(targets)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+                grads = [None] * len(targets)
+        if any(g is None for g in grads):
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
         return tuple(o.detach() if o.requires_grad else o for o in outputs), grads
 
 

@@ -49,25 +49,21 @@ class ParamInputs(Messenger):
         msg["done"] = True
 
 
-def current_params(names: Sequence[str]) -> list[torch.Tensor | None]:
-    """The unconstrained tensors now in the param store (``None`` for a missing name).
-
-    Inside a handler (an ``SVI`` step traces ``pyro.param`` to find what to optimise)
-    each name is also announced with a ``pyro.param`` statement, as Pyro's jit does.
-    """
+def current_params(names: Sequence[str]) -> list[torch.Tensor]:
+    """The unconstrained tensors now in the param store, announced (see
+    :func:`announce_params`)."""
     store = _PYRO_PARAM_STORE._params
-    values = [store.get(name) for name in names]
+    params = [store[name] for name in names]
     if _PYRO_STACK:
-        for name, value in zip(names, values):
-            if value is not None:
-                pyro.param(name)
-    return values
+        announce_params(names)
+    return params
 
 
-def constraints_of(names: Sequence[str]) -> tuple:
-    """The constraints now in the param store (``None`` for a missing name)."""
-    constraints = _PYRO_PARAM_STORE._constraints
-    return tuple(constraints.get(name) for name in names)
+def announce_params(names: Sequence[str]) -> None:
+    """Issues a ``pyro.param`` statement per name, as Pyro's jit does, so that handlers
+    around the call see the params: an ``SVI`` step finds what to optimise this way."""
+    for name in names:
+        pyro.param(name)
 
 
 def pure_function(fn: Callable, key: tuple, param_names: Sequence[str]) -> Callable[..., Any]:

@@ -117,12 +117,10 @@ def _accumulate(grads: Gradients, args: tuple, kwargs: dict, retain_graph: bool 
         param.grad = grad if param.grad is None else param.grad + grad
     # Tensor arguments may come out of the user's own autograd graph (an encoder run
     # outside the model); hand their gradients on to it.
-    _, grad_leaves, _ = signature(grads.args, grads.kwargs)
-    if grad_leaves:
+    if any(g is not None for g in grads.leaves):
         _, leaves, _ = signature(args, kwargs)
-        torch.autograd.backward(
-            [t for t in leaves if t.requires_grad], grad_leaves, retain_graph=retain_graph
-        )
+        pairs = [(t, g) for t, g in zip(leaves, grads.leaves) if g is not None]
+        torch.autograd.backward(*zip(*pairs), retain_graph=retain_graph)
 
 
 def _surrogate_elbo_particle(model_trace: Trace, guide_trace: Trace) -> torch.Tensor:

@@ -7,16 +7,17 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from pyro import validation_enabled
+from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from .backends import Backend, Program, get_backend
-from .capture import constraints_of, current_params, find_params, pure_function
+from .capture import announce_params, current_params, find_params, pure_function
 from .errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning
 from .signature import LRUCache, rebuild, signature
 
@@ -44,17 +45,30 @@ class CompileStats:
     compile_seconds: float = 0.0
 
 
-class Gradients(NamedTuple):
+class Gradients:
     """Gradients of a scalar output, as returned by :meth:`CompiledFunction.value_and_grad`.
 
-    ``params`` maps each param name to the gradient w.r.t. its unconstrained value.
+    :ivar params: ``{param name: gradient w.r.t. its unconstrained value}``.
+    :ivar leaves: one item per tensor of the call's arguments, in the order they appear:
+        its gradient if it requires grad, else ``None``.
     ``args`` and ``kwargs`` mirror the call's arguments: a gradient in place of every
-    tensor that requires grad, ``None`` in place of everything else.
+    tensor that requires grad, ``None`` in place of everything else (built on access).
     """
 
-    params: dict[str, torch.Tensor]
-    args: tuple
-    kwargs: dict
+    __slots__ = ("params", "leaves", "_key")
+
+    def __init__(self, params: dict[str, torch.Tensor], leaves: list, key: tuple):
+        self.params = params
+        self.leaves = leaves
+        self._key = key
+
+    @property
+    def args(self) -> tuple:
+        return rebuild(self._key, self.leaves)[0]
+
+    @property
+    def kwargs(self) -> dict:
+        return rebuild(self._key, self.leaves)[1]
 
 
 @dataclass(eq=False)
@@ -63,18 +77,31 @@ class _Entry:
 
     program: Program
     param_names: tuple[str, ...]
-    param_refs: tuple[weakref.ref, ...]
-    param_constraints: tuple
+    # (name, weak ref to the unconstrained tensor, constraint) compiled against.
+    param_checks: tuple[tuple[str, weakref.ref, Any], ...]
     out_spec: TreeSpec
     grad_leaves: tuple[int, ...]
+    wrt: tuple[int, ...]  # program inputs to differentiate: params, then grad_leaves
     flat: Callable[..., tuple[torch.Tensor, ...]]
     checks_left: int
 
-    def params_match(self, params: list[torch.Tensor | None]) -> bool:
-        """Whether the store still holds the very tensors and constraints compiled against."""
-        return all(p is r() for p, r in zip(params, self.param_refs)) and all(
-            c is d for c, d in zip(constraints_of(self.param_names), self.param_constraints)
-        )
+    def current_params(self) -> list[torch.Tensor] | None:
+        """The store's params if they are still the very tensors and constraints
+        compiled against, else ``None``. (The hot path: one loop, no allocation.)"""
+        store = _PYRO_PARAM_STORE._params
+        constraints = _PYRO_PARAM_STORE._constraints
+        params = []
+        for name, ref, constraint in self.param_checks:
+            param = store.get(name)
+            if param is None or param is not ref() or constraints.get(name) is not constraint:
+                return None
+            params.append(param)
+        return params
+
+    def unflatten(self, outputs: Sequence[torch.Tensor]) -> Any:
+        if self.out_spec.is_leaf():
+            return outputs[0]
+        return tree_unflatten(list(outputs), self.out_spec)
 
 
 class CompiledFunction:
@@ -139,8 +166,7 @@ class CompiledFunction:
         key, leaves, idents = signature(args, kwargs)
         entry, params = self._lookup(key, leaves, idents)
         inputs = [*params, *leaves]
-        outputs = self._run(entry, lambda program: program(*inputs))
-        return tree_unflatten(list(outputs), entry.out_spec)
+        return entry.unflatten(self._run(entry, lambda program: program(*inputs)))
 
     def value_and_grad(self, *args: Any, **kwargs: Any) -> tuple[Any, Gradients]:
         """Calls the function and differentiates its output (or its first output, if it
@@ -152,18 +178,14 @@ class CompiledFunction:
         """
         key, leaves, idents = signature(args, kwargs)
         entry, params = self._lookup(key, leaves, idents)
-        num_params = len(params)
-        wrt = list(range(num_params)) + [num_params + i for i in entry.grad_leaves]
         inputs = [*params, *leaves]
-        outputs, grads = self._run(entry, lambda program: program.value_and_grad(inputs, wrt))
+        outputs, grads = self._run(entry, lambda program: program.value_and_grad(inputs, entry.wrt))
+        num_params = len(params)
         leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
         for i, g in zip(entry.grad_leaves, grads[num_params:]):
             leaf_grads[i] = g
-        grad_args, grad_kwargs = rebuild(key, leaf_grads)
-        gradients = Gradients(
-            dict(zip(entry.param_names, grads[:num_params])), grad_args, grad_kwargs
-        )
-        return tree_unflatten(list(outputs), entry.out_spec), gradients
+        gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, key)
+        return entry.unflatten(outputs), gradients
 
     def _run(self, entry: _Entry, call: Callable[[Program], Any]) -> Any:
         """``call(entry.program)``; while the entry has checks left (``verify``), also
@@ -209,9 +231,11 @@ class CompiledFunction:
         entry = self._cache.get(key)
         if entry is None:
             return None
-        params = current_params(entry.param_names)
-        if not entry.params_match(params):
+        params = entry.current_params()
+        if params is None:
             return None
+        if _PYRO_STACK:
+            announce_params(entry.param_names)
         self.stats.hits += 1
         return entry, params
 
@@ -259,13 +283,17 @@ class CompiledFunction:
             len(params),
             len(leaves),
         )
+        grad_leaves = tuple(i for i, t in enumerate(leaves) if t.requires_grad)
         entry = _Entry(
             program=program,
             param_names=param_names,
-            param_refs=tuple(weakref.ref(p) for p in params),
-            param_constraints=constraints_of(param_names),
+            param_checks=tuple(
+                (name, weakref.ref(p), _PYRO_PARAM_STORE._constraints[name])
+                for name, p in zip(param_names, params)
+            ),
             out_spec=spec_box[0],
-            grad_leaves=tuple(i for i, t in enumerate(leaves) if t.requires_grad),
+            grad_leaves=grad_leaves,
+            wrt=(*range(len(params)), *(len(params) + i for i in grad_leaves)),
             flat=flat,
             # Checking an eager program (the backend or a fallback) against eager is moot.
             checks_left=0 if type(program) is Program else self.verify,
