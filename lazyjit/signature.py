@@ -61,53 +61,59 @@ _unhashable_warned: set[type] = set()
 
 
 def _describe(obj: Any, leaves: list[torch.Tensor], idents: list[IdentityRef]) -> tuple:
-    if isinstance(obj, torch.Tensor):
-        leaves.append(obj)
-        return (_TENSOR, obj.shape, obj.dtype, obj.device, obj.requires_grad)
+    # One dict lookup picks the handler for a type: this runs at every call.
     cls = type(obj)
-    if cls in _VALUE_TYPES:
-        return (_CONST, cls, obj)
-    if cls is tuple or cls is list:
-        return (_SEQ, cls, tuple(_describe(x, leaves, idents) for x in obj))
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return (_SEQ, cls, tuple(_describe(x, leaves, idents) for x in obj))
-    if isinstance(obj, dict):
-        return (_DICT, cls, tuple(obj), tuple(_describe(v, leaves, idents) for v in obj.values()))
-    if isinstance(obj, argparse.Namespace):
-        items = vars(obj)
-        return (
-            _NAMESPACE,
-            tuple(items),
-            tuple(_describe(v, leaves, idents) for v in items.values()),
-        )
-    if isinstance(obj, (set, frozenset)):
-        return (_CONST, cls, frozenset(_static_value(x) for x in obj))
-    return _static(obj, idents)
+    handler = _HANDLERS.get(cls)
+    if handler is None:
+        handler = _HANDLERS[cls] = _handler_for(cls)
+    return handler(obj, leaves, idents)
 
 
-def _static_value(obj: Any) -> Hashable:
-    """Set elements must be hashable by value: they carry no tensors and no identity."""
-    if isinstance(obj, torch.Tensor):
+def _tensor(obj: torch.Tensor, leaves: list, idents: list) -> tuple:
+    leaves.append(obj)
+    return (_TENSOR, obj.shape, obj.dtype, obj.device, obj.requires_grad)
+
+
+def _value(obj: Any, leaves: list, idents: list) -> tuple:
+    return (_CONST, type(obj), obj)
+
+
+def _sequence(obj: Any, leaves: list, idents: list) -> tuple:
+    return (_SEQ, type(obj), tuple(_describe(x, leaves, idents) for x in obj))
+
+
+def _dict(obj: dict, leaves: list, idents: list) -> tuple:
+    return (_DICT, type(obj), tuple(obj), tuple(_describe(v, leaves, idents) for v in obj.values()))
+
+
+def _namespace(obj: argparse.Namespace, leaves: list, idents: list) -> tuple:
+    items = vars(obj)
+    return (_NAMESPACE, tuple(items), tuple(_describe(v, leaves, idents) for v in items.values()))
+
+
+def _set(obj: Any, leaves: list, idents: list) -> tuple:
+    if any(isinstance(x, torch.Tensor) for x in obj):
         raise TypeError("lazyjit cannot key a call on a set that contains tensors")
-    return obj
+    return (_CONST, type(obj), frozenset(obj))
 
 
-def _static(obj: Any, idents: list[IdentityRef]) -> tuple:
+def _hashable(obj: Any, leaves: list, idents: list) -> tuple:
+    try:
+        hash(obj)
+    except TypeError:  # e.g. a frozen dataclass holding a list
+        return _identity(obj, leaves, idents)
+    return (_CONST, type(obj), obj)
+
+
+def _identity(obj: Any, leaves: list, idents: list) -> tuple:
+    ref = IdentityRef(obj)
+    idents.append(ref)
+    return (_IDENT, ref)
+
+
+def _unhashable(obj: Any, leaves: list, idents: list) -> tuple:
     cls = type(obj)
-    if isinstance(obj, Iterator):
-        # The first call consumes it while looking for params; the compiler would see it empty.
-        raise LazyJitError(
-            f"lazyjit cannot compile a call with a {cls.__name__} argument (an iterator is "
-            "consumed by the first run); pass a list or a tuple instead"
-        )
-    hash_fn = getattr(cls, "__hash__", None)
-    if hash_fn is not None and hash_fn is not object.__hash__:
-        try:
-            hash(obj)
-            return (_CONST, cls, obj)
-        except TypeError:
-            pass
-    if hash_fn is None and cls not in _unhashable_warned:
+    if cls not in _unhashable_warned:
         _unhashable_warned.add(cls)
         warnings.warn(
             f"lazyjit keys unhashable {cls.__name__} arguments by identity: a mutated "
@@ -116,9 +122,39 @@ def _static(obj: Any, idents: list[IdentityRef]) -> tuple:
             LazyJitWarning,
             stacklevel=4,
         )
-    ref = IdentityRef(obj)
-    idents.append(ref)
-    return (_IDENT, ref)
+    return _identity(obj, leaves, idents)
+
+
+def _iterator(obj: Any, leaves: list, idents: list) -> tuple:
+    # The first call consumes it while looking for params; the compiler would see it empty.
+    raise LazyJitError(
+        f"lazyjit cannot compile a call with a {type(obj).__name__} argument (an iterator "
+        "is consumed by the first run); pass a list or a tuple instead"
+    )
+
+
+def _handler_for(cls: type) -> Callable:
+    if issubclass(cls, torch.Tensor):
+        return _tensor
+    if cls is tuple or cls is list or (issubclass(cls, tuple) and hasattr(cls, "_fields")):
+        return _sequence
+    if issubclass(cls, dict):
+        return _dict
+    if issubclass(cls, argparse.Namespace):
+        return _namespace
+    if issubclass(cls, (set, frozenset)):
+        return _set
+    if issubclass(cls, Iterator):
+        return _iterator
+    hash_fn = getattr(cls, "__hash__", None)
+    if hash_fn is None:
+        return _unhashable
+    if hash_fn is object.__hash__:
+        return _identity
+    return _hashable
+
+
+_HANDLERS: dict[type, Callable] = dict.fromkeys(_VALUE_TYPES, _value)
 
 
 def signature(args: tuple, kwargs: dict) -> tuple[tuple, list[torch.Tensor], list[IdentityRef]]:
