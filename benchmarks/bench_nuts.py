@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable
 
 import pyro
-import pyro.distributions as dist
 import pyro.infer.mcmc as pyro_mcmc
 import pyro.ops.integrator
 import torch
@@ -36,20 +35,6 @@ from pyro.ops.integrator import potential_grad
 
 import lazyjit
 from lazyjit import examples
-
-
-def logistic_model(x: torch.Tensor, y: torch.Tensor) -> None:
-    coefs = pyro.sample("coefs", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
-    bias = pyro.sample("bias", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("obs", dist.Bernoulli(logits=x @ coefs + bias), obs=y)
-
-
-def logistic_data(n: int = 1000, dim: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(n, dim)
-    y = dist.Bernoulli(logits=x @ torch.linspace(-1.0, 1.0, dim) + 0.5).sample()
-    return x, y
-
 
 # Each contender: (kernel factory, potential+gradient factory for the isolated timing).
 Contender = tuple[Callable[[Callable], object], Callable[[Callable, tuple], Callable]]
@@ -200,13 +185,13 @@ def main() -> None:
     n = 100 if args.quick else 500
     pyro.set_rng_seed(0)
     gaussian = (examples.gaussian_data(100),)
-    logistic = logistic_data()
+    logistic = examples.logistic_data()
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, {args.threads} thread(s)\n")
     title = "Seed Gaussian model (100 points)"
     print(bench(title, examples.gaussian_model, gaussian, n, args.repeats, backends))
     print()
     title = "Logistic regression (1000 points, 5 features)"
-    print(bench(title, logistic_model, logistic, n, args.repeats, backends))
+    print(bench(title, examples.logistic_model, logistic, n, args.repeats, backends))
 
 
 if __name__ == "__main__":

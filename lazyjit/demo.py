@@ -15,6 +15,7 @@ from pyro.optim import Adam
 from . import examples
 from .elbo import JitTrace_ELBO, JitTraceEnum_ELBO
 from .jit import trace
+from .mcmc import NUTS
 from .timing import compare, table
 
 
@@ -90,6 +91,35 @@ def hmm_contenders(backends: list[str], small: bool) -> dict:
     return contenders
 
 
+def nuts_contenders(backends: list[str], num_samples: int) -> dict:
+    """NUTS on the tutorial Gaussian model (100 points): one step is a whole run of
+    ``num_samples`` warmup and ``num_samples`` samples, setup and compilation included."""
+    data = examples.gaussian_data(100)
+
+    def setup(make_kernel):
+        def run():
+            kernel = make_kernel()
+            mcmc = pyro.infer.MCMC(
+                kernel, num_samples=num_samples, warmup_steps=num_samples, disable_progbar=True
+            )
+            mcmc.run(data)
+
+        return run
+
+    model = examples.gaussian_model
+    contenders = {
+        "Pyro NUTS": lambda: setup(lambda: pyro.infer.NUTS(model)),
+        "Pyro NUTS jit_compile": lambda: setup(
+            lambda: pyro.infer.NUTS(model, jit_compile=True, ignore_jit_warnings=True)
+        ),
+    }
+    for b in backends:
+        contenders[f"lazyjit NUTS jit_compile ({b})"] = lambda b=b: setup(
+            lambda: NUTS(model, jit_compile=True, ignore_jit_warnings=True, backend=b)
+        )
+    return contenders
+
+
 def main(quick: bool = False) -> None:
     """Prints the demo's tables."""
     warnings.filterwarnings("ignore", category=UserWarning)  # TorchScript's, via Pyro's jit
@@ -101,3 +131,8 @@ def main(quick: bool = False) -> None:
     print(
         table("SVI step, seed Gaussian model (100 points)", results, "Pyro JitTrace_ELBO", "step")
     )
+    print()
+    n = 50 if quick else 200
+    results = compare(nuts_contenders(["torchscript"], n), steps=1, repeats=3)
+    title = f"NUTS run ({n} warmup + {n} samples), seed Gaussian model"
+    print(table(title, results, "Pyro NUTS jit_compile", "run"))

@@ -56,3 +56,18 @@ def hmm_data(small: bool = False) -> list[torch.Tensor]:
     counts = (5, 2, 1) if small else (50, 20, 5)
     lengths = [24] * counts[0] + [48] * counts[1] + [72] * counts[2]
     return [torch.randn(length) for length in lengths]
+
+
+def logistic_model(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Bayesian logistic regression: Normal priors on the coefficients and the bias."""
+    coefs = pyro.sample("coefs", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    bias = pyro.sample("bias", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("obs", dist.Bernoulli(logits=x @ coefs + bias), obs=y)
+
+
+def logistic_data(n: int = 1000, dim: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels for :func:`logistic_model` from known coefficients."""
+    x = torch.randn(n, dim)
+    y = dist.Bernoulli(logits=x @ torch.linspace(-1.0, 1.0, dim) + 0.5).sample()
+    return x, y

@@ -48,13 +48,6 @@ def constrained_model(data):
         )
 
 
-def logistic_regression(x, y):
-    coefs = pyro.sample("coefs", dist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
-    bias = pyro.sample("bias", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("obs", dist.Bernoulli(logits=x @ coefs + bias), obs=y)
-
-
 def mixture(data):
     weight = pyro.sample("weight", dist.Beta(2.0, 2.0))
     locs = pyro.sample("locs", dist.Normal(0.0, 5.0).expand([2]).to_event(1))
@@ -101,11 +94,6 @@ def constrained_args():
     return (dist.MultivariateNormal(torch.zeros(3), torch.eye(3)).sample((50,)),)
 
 
-def logistic_args():
-    x = torch.randn(1000, 5)
-    return x, dist.Bernoulli(logits=x @ torch.linspace(-1.0, 1.0, 5) + 0.5).sample()
-
-
 def mixture_args():
     return (torch.cat([torch.randn(20) - 2.0, torch.randn(20) + 2.0]),)
 
@@ -114,7 +102,7 @@ MODELS = {
     "gaussian": (examples.gaussian_model, gaussian_args),
     "eight_schools": (eight_schools, eight_schools_args),
     "constrained": (constrained_model, constrained_args),
-    "logistic": (logistic_regression, logistic_args),
+    "logistic": (examples.logistic_model, examples.logistic_data),
     "enumerated_mixture": (mixture, mixture_args),
 }
 
