@@ -11,6 +11,7 @@ from .errors import LazyJitError, LazyJitWarning, StructureWarning
 from .install import install, is_installed, uninstall
 from .jit import CompiledFunction, CompileStats, Gradients, trace
 from .mcmc import HMC, NUTS, CompiledPotential, ModelPotential, potential_fn
+from .svi import SVI
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "ModelPotential",
     "NUTS",
     "Program",
+    "SVI",
     "StructureWarning",
     "ignore_jit_warnings",
     "install",

@@ -6,11 +6,14 @@ means writing a :class:`Backend` subclass here and registering it in ``BACKENDS`
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import functools
 import logging
+import math
 import os
+import queue
 import re
 import sys
 import threading
@@ -18,11 +21,13 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import torch
 from pyro import validation_enabled
 from torch.fx import GraphModule
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -97,9 +102,17 @@ class TorchScriptBackend(Backend):
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
         options = {"check_trace": False, **options}
-        with warnings.catch_warnings(record=True) as caught, _shape_conversions_quiet():
-            warnings.simplefilter("always")
-            script = torch.jit.trace(fn, tuple(inputs), **options)
+        outer_trace, _this_trace.derived = getattr(_this_trace, "derived", None), set()
+        try:
+            with (
+                _WARNINGS_LOCK,  # see "auto" below: no compiler thread in catch_warnings
+                warnings.catch_warnings(record=True) as caught,
+                _shape_conversions_quiet(),
+            ):
+                warnings.simplefilter("always")
+                script = torch.jit.trace(fn, tuple(inputs), **options)
+        finally:
+            _this_trace.derived = outer_trace
         for w in caught:
             if _DEPRECATED.search(str(w.message)):
                 continue
@@ -125,6 +138,11 @@ _SIZE_OPS = frozenset({"aten::size", "aten::numel", "aten::dim"})
 _quiet_lock = threading.Lock()
 _quiet_users = 0
 _unpatched: dict[str, Any] = {}
+# Per thread, the (value, shape only) pairs of the current trace's graph known to follow
+# from shapes and constants: a later walk stops there, so a trace with many
+# conversions (an HMM's every time step) walks each part of its graph once, not once
+# per conversion.
+_this_trace = threading.local()
 
 
 @contextlib.contextmanager
@@ -174,14 +192,18 @@ def _shape_derived(tensor: torch.Tensor) -> bool:
         start = torch._C._get_value_trace(tensor)
     except RuntimeError:
         return False
+    derived = getattr(_this_trace, "derived", None)
+    if derived is None:
+        derived = set()
     # (value, whether only its shape matters); walks the graph towards the inputs.
     stack = [(start, False)]
     seen: set[tuple[int, bool]] = set()
     while stack:
         value, shape_only = stack.pop()
-        if (value.unique(), shape_only) in seen:
+        pair = (value.unique(), shape_only)
+        if pair in seen or pair in derived:
             continue
-        seen.add((value.unique(), shape_only))
+        seen.add(pair)
         node = value.node()
         kind = node.kind()
         if kind == "prim::Constant" or (shape_only and kind == "prim::Param"):
@@ -199,6 +221,7 @@ def _shape_derived(tensor: torch.Tensor) -> bool:
             return False
         else:
             stack.extend((i, False) for i in node.inputs())
+    derived |= seen  # the walk reached no input data from any of them
     return True
 
 
@@ -259,7 +282,8 @@ class GraphProgram(Program):
         the aten ops run under autograd (or inductor compiled a backward), and what eager
         computed without grad is detached in the graph (see :func:`capture`)."""
         if self.custom_autograd and _needs_autograd(inputs):
-            self._warn_once(
+            _warn_once(
+                self._warned,
                 "custom_autograd",
                 "a differentiable call runs eagerly: it uses "
                 f"{', '.join(sorted(self.custom_autograd))}, whose backward an aten graph "
@@ -289,28 +313,17 @@ class GraphProgram(Program):
         if runner is None:
             # Not over the forward graph: captured in a no-grad entry, it is all detached.
             return Program(self.flat).value_and_grad(inputs, wrt)
-        with torch.no_grad():
-            results = runner(*inputs)
-        num_outputs = len(results) - len(wrt)
-        # An output may be an input passed through, which can require grad.
-        results = [r.detach() if r.requires_grad else r for r in results]
-        return tuple(results[:num_outputs]), results[num_outputs:]
+        return _run_value_and_grad(runner, inputs, len(wrt))
 
     def _build_grad_runner(
         self, inputs: Sequence[torch.Tensor], wrt: tuple[int, ...]
     ) -> Runner | None:
         start = time.perf_counter()
-        # Inputs keep their identity where they can: a PyroModule reads its regular
-        # nn.Parameters from itself, and only the very tensor passed in maps to an input.
-        inputs = [
-            t.detach().requires_grad_() if i in wrt and not t.requires_grad else t
-            for i, t in enumerate(inputs)
-        ]
         try:
-            with torch.enable_grad():
-                graph_module, _ = capture(_value_and_grad_of(self.flat, wrt), inputs)
+            graph_module = capture_value_and_grad(self.flat, inputs, wrt)
         except Exception as e:  # noqa: BLE001 - the eager path below is always correct
-            self._warn_once(
+            _warn_once(
+                self._warned,
                 "grad_capture",
                 f"value_and_grad runs eagerly: capturing the gradients failed "
                 f"({type(e).__name__}: {e})",
@@ -333,11 +346,6 @@ class GraphProgram(Program):
         differentiable); here its generated code, called as ``forward`` to skip the
         ``nn.Module.__call__`` machinery."""
         return graph_module.forward
-
-    def _warn_once(self, what: str, message: str) -> None:
-        if what not in self._warned:
-            self._warned.add(what)
-            warnings.warn(f"lazyjit: {message}", LazyJitWarning, stacklevel=_caller_stacklevel())
 
 
 class AtenBackend(Backend):
@@ -392,17 +400,11 @@ class InductorProgram(GraphProgram):
                 warnings.filterwarnings(
                     "ignore", r".*torch\.jit\.script_method", DeprecationWarning
                 )
-                from torch._inductor.compile_fx import compile_fx
-
-            # compile_fx may rewrite the graph it is given (its pre-grad passes); the FX
-            # fallback, and graph_module for inspection, keep the captured one. The grad
-            # mode decides whether aot_autograd compiles a backward too.
-            with torch.set_grad_enabled(grad):
-                compiled = compile_fx(
-                    copy.deepcopy(graph_module), list(inputs), config_patches=INDUCTOR_CONFIG
-                )
+                import torch._inductor.compile_fx  # noqa: F401
+            compiled = inductor_compile(graph_module, inputs, grad)
         except Exception as e:  # noqa: BLE001 - the FX code computes the same thing
-            self._warn_once(
+            _warn_once(
+                self._warned,
                 "inductor",
                 f"inductor failed to compile a graph ({type(e).__name__}: {e}); it runs as "
                 "FX code instead",
@@ -417,6 +419,29 @@ class InductorProgram(GraphProgram):
             seconds,
         )
         return compiled
+
+
+def inductor_compile(
+    graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
+) -> Runner:
+    """``graph_module`` compiled by inductor (``compile_fx``) for inputs shaped like
+    ``inputs``; with ``grad``, aot_autograd compiles a backward too. Raises on failure.
+
+    Inductor reads only the inputs' metadata, so it gets empty tensors like them: the
+    real ones may change meanwhile (an optimizer step while a background compile runs).
+    ``compile_fx`` may rewrite the graph it is given (its pre-grad passes); it gets a copy,
+    so that ``graph_module`` stays the captured graph (for the FX fallback and inspection).
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    examples = [
+        torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).requires_grad_(
+            t.requires_grad
+        )
+        for t in inputs
+    ]
+    with torch.set_grad_enabled(grad):
+        return compile_fx(copy.deepcopy(graph_module), examples, config_patches=INDUCTOR_CONFIG)
 
 
 class InductorBackend(AtenBackend):
@@ -471,11 +496,15 @@ def capture(
 
     def traced(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not replayable:
-            return tuple(fn(*args))
-        with _NoGradMarker(get_proxy_mode().tracer.graph):
+            with _StaticDiceTerms():
+                return tuple(fn(*args))
+        with _StaticDiceTerms(), _NoGradMarker(get_proxy_mode().tracer.graph):
             outputs = tuple(fn(*args))
         custom_autograd.update(_custom_autograd_functions(outputs))
         return outputs
+
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     try:
@@ -483,6 +512,10 @@ def capture(
             validation_enabled(False),
             torch.random.fork_rng(devices=cuda),
             _pyro_sees_a_tracer(),
+            # make_fx describes each node's value with a fake tensor; without a fake mode
+            # to share, it makes a new one per node, and each records a Python traceback
+            # (measured: 22 s instead of 1.5 s for an HMM's 4000-node graph).
+            tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))),
         ):
             graph_module = make_fx(traced)(*inputs)
     except RuntimeError as e:
@@ -500,6 +533,23 @@ def capture(
 
 
 _NO_GRAD = "lazyjit_no_grad"
+
+
+class _StaticDiceTerms(TorchFunctionMode):
+    """While capturing, Pyro's ``Dice.compute_expectation`` (``TraceEnum_ELBO``) takes its
+    trace-safe branch, which keeps the terms of positive probability with ``masked_select``
+    before a dot product: an output shape that depends on data, which inductor cannot
+    compile. The dot product is the same over every term with the others zeroed, and
+    zeroing before the product keeps their gradients zero (``-inf`` costs included)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.masked_select and (
+            sys._getframe(1).f_globals.get("__name__") == "pyro.infer.util"
+        ):
+            tensor, mask = args
+            return torch.where(mask, tensor, torch.zeros((), dtype=tensor.dtype)).reshape(-1)
+        return func(*args, **kwargs)
 
 
 class _NoGradMarker(TorchDispatchMode):
@@ -576,6 +626,33 @@ def _pyro_sees_a_tracer() -> Iterator[None]:
                 torch._C._get_tracing_state = _get_tracing_state
 
 
+def capture_value_and_grad(
+    flat: Flat, inputs: Sequence[torch.Tensor], wrt: tuple[int, ...]
+) -> GraphModule:
+    """One graph computing ``flat``'s outputs followed by the gradient of output 0 w.r.t.
+    ``inputs[i]`` for each ``i`` in ``wrt``: ``torch.autograd.grad`` captured as graph ops."""
+    # Inputs keep their identity where they can: a PyroModule reads its regular
+    # nn.Parameters from itself, and only the very tensor passed in maps to an input.
+    inputs = [
+        t.detach().requires_grad_() if i in wrt and not t.requires_grad else t
+        for i, t in enumerate(inputs)
+    ]
+    with torch.enable_grad():
+        return capture(_value_and_grad_of(flat, wrt), inputs)[0]
+
+
+def _run_value_and_grad(
+    runner: Runner, inputs: Sequence[torch.Tensor], num_wrt: int
+) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
+    """Runs a graph from :func:`capture_value_and_grad`: (outputs, gradients)."""
+    with torch.no_grad():
+        results = runner(*inputs)
+    num_outputs = len(results) - num_wrt
+    # An output may be an input passed through, which can require grad.
+    results = [r.detach() if r.requires_grad else r for r in results]
+    return tuple(results[:num_outputs]), results[num_outputs:]
+
+
 def _value_and_grad_of(flat: Flat, wrt: tuple[int, ...]) -> Flat:
     """``flat``'s outputs followed by the gradient of output 0 w.r.t. ``inputs[i]``, ``i`` in
     ``wrt`` (zeros where it does not depend on it): captured, autograd becomes graph ops."""
@@ -613,6 +690,13 @@ def _needs_autograd(inputs: Sequence[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
 
 
+def _warn_once(warned: set[str], what: str, message: str) -> None:
+    """A :class:`LazyJitWarning` at the caller's line, the first time ``what`` happens."""
+    if what not in warned:
+        warned.add(what)
+        warnings.warn(f"lazyjit: {message}", LazyJitWarning, stacklevel=_caller_stacklevel())
+
+
 def _caller_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the first frame outside lazyjit."""
     frame, level = sys._getframe(1), 1
@@ -634,8 +718,373 @@ def _site(error: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}"
 
 
+# The "auto" backend: tiered compilation.
+#
+# Inductor compiles on a thread of its own, beside the user's loop. What makes that safe
+# (checked in torch 2.13; tests/test_auto.py checks the first point):
+# * Inductor and aot_autograd save the global RNG state when a compile starts and restore
+#   it when it ends (dynamo's preserve_rng_state). Beside a user's loop, that rewinds the
+#   user's random stream by every draw made meanwhile (measured: an SVI loop redraws
+#   earlier samples). The compile itself draws nothing (fallback_random keeps random ops
+#   as aten calls), so on lazyjit's compiler thread the save and restore are skipped;
+#   elsewhere they run as before.
+# * aot_autograd traces the graph inside warnings.catch_warnings, whose state is
+#   process-wide: interleaved with lazyjit's own warning-recording TorchScript trace (the
+#   structure guard), either could lose the other's warnings for good. Both take
+#   _WARNINGS_LOCK, held for the length of those two blocks only.
+# * aot_autograd's tracing turns on anomaly mode, which is process-wide too: autograd on
+#   other threads runs slower for that moment (a fraction of the compile). A training
+#   compile (forward and backward, for a differentiable plain call) also traces a joint
+#   graph under it: those compile on the calling thread instead.
+_WARNINGS_LOCK = threading.RLock()
+_on_compiler_thread = threading.local()
+_prepared = False
+
+LaneRunner = Callable[[Sequence[torch.Tensor], Sequence[int]], Any]
+
+
+class _WarningsWithLock:
+    """The ``warnings`` module as aot_autograd sees it: ``catch_warnings`` also takes
+    ``_WARNINGS_LOCK``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(warnings, name)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def catch_warnings(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with _WARNINGS_LOCK, warnings.catch_warnings(*args, **kwargs) as caught:
+            yield caught
+
+
+def _prepare_inductor_for_threads() -> None:
+    """Installs (once) the two adjustments described above; raises if this torch does
+    not look as expected, and the compile then fails (the lane stays on its tier)."""
+    global _prepared
+    with _WARNINGS_LOCK:  # importing them runs catch_warnings blocks too
+        if _prepared:
+            return
+        import torch._dynamo.utils as dynamo_utils
+        import torch._functorch._aot_autograd.graph_capture_wrappers as graph_capture
+        import torch._functorch.aot_autograd as aot_autograd
+        import torch._inductor.compile_fx  # noqa: F401
+
+        original = dynamo_utils.preserve_rng_state
+        if (
+            aot_autograd.preserve_rng_state is not original
+            or graph_capture.warnings is not warnings
+        ):
+            raise RuntimeError("this torch's compiler is not laid out as lazyjit expects")
+
+        @contextlib.contextmanager
+        def preserve_rng_state() -> Iterator[None]:
+            if getattr(_on_compiler_thread, "active", False):
+                yield
+            else:
+                with original():
+                    yield
+
+        dynamo_utils.preserve_rng_state = aot_autograd.preserve_rng_state = preserve_rng_state
+        graph_capture.warnings = _WarningsWithLock()
+        _prepared = True
+
+
+class _CompilerThread:
+    """One daemon thread running background compiles in turn. A daemon, so that a
+    compile still running when the program ends is dropped rather than waited for."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._last: Future | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="lazyjit-compiler", daemon=True
+                )
+                self._thread.start()
+            self._last = future
+        self._jobs.put((future, job))
+        return future
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until the jobs submitted so far are done (they run in order)."""
+        last = self._last
+        return last is None or not concurrent.futures.wait([last], timeout).not_done
+
+    def _work(self) -> None:
+        _on_compiler_thread.active = True
+        while True:
+            future, job = self._jobs.get()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(job())
+            except BaseException as e:  # noqa: BLE001 - the job reports its own failures
+                future.set_exception(e)
+
+
+_COMPILER = _CompilerThread()
+
+
+def wait_for_compiles(timeout: float | None = None) -> bool:
+    """Waits for every background compile started so far (of any program); whether
+    they are done. For benchmarks and tests: normal code never needs to wait."""
+    return _COMPILER.wait(timeout)
+
+
+class Lane:
+    """One way of calling a :class:`TieredProgram`: plain calls, or ``value_and_grad``.
+
+    :ivar kind: ``"call"`` or ``"value_and_grad"``.
+    :ivar tier: what runs it now: ``"torchscript"``, ``"eager"`` or ``"inductor"``.
+    :ivar calls: calls counted until it was hot.
+    :ivar seconds: seconds spent in those calls.
+    :ivar graph_module: the graph captured for inductor, once hot (or given in advance:
+        a plain-call lane given one compiles it without a backward).
+    :ivar future: the background compile of that graph; done once the lane has switched.
+    """
+
+    def __init__(self, kind: str, tier: str, hot_calls: float, hot_seconds: float):
+        self.kind = kind
+        self.tier = tier
+        self.hot_calls = hot_calls
+        self.hot_seconds = hot_seconds
+        self.calls = 0
+        self.seconds = 0.0
+        self.hot = False
+        self.wrt: Sequence[int] = ()
+        self.graph_module: GraphModule | None = None
+        self.future: Future | None = None
+        self.run: LaneRunner
+
+
+class TieredProgram(Program):
+    """The ``"auto"`` backend's program: tier 0 until hot, then inductor.
+
+    Tier 0 is the TorchScript program, or the eager function where TorchScript failed.
+    Plain calls and ``value_and_grad`` are two :class:`Lane`\\ s, each tiered up on its
+    own. A lane counts its calls and the seconds spent in them; once hot (see
+    :class:`AutoBackend`), its aten graph is captured on the calling thread (``make_fx``
+    runs the Pyro code, and Pyro's effect-handler stack is process-wide) and inductor
+    compiles it on lazyjit's compiler thread while the lane keeps running tier 0; the
+    lane switches when the compile is done. A differentiable plain call needs inductor's
+    training compile, which cannot run beside the caller: that lane compiles on the
+    calling thread, and only after ``blocking_hot_seconds``. A failed capture or compile
+    leaves the lane on tier 0, with a one-time :class:`LazyJitWarning`.
+
+    :ivar base: the tier-0 program.
+    :ivar lanes: ``{"call": Lane, "value_and_grad": Lane}``.
+    :ivar compile_seconds: seconds spent capturing and compiling for inductor, background
+        compiles included.
+    """
+
+    def __init__(self, flat: Flat, base: Program, lanes: dict[str, Lane]):
+        super().__init__(flat)
+        self.flat = flat
+        self.base = base
+        self.lanes = lanes
+        self.compile_seconds = 0.0
+        self._plain = lanes["call"]
+        self._plain.run = self._counting(self._plain, lambda inputs, wrt: base(*inputs))
+        self._grad = lanes["value_and_grad"]
+        self._grad.run = self._counting(self._grad, base.value_and_grad)
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._plain.run(inputs, ())
+
+    def value_and_grad(
+        self, inputs: Sequence[torch.Tensor], wrt: Sequence[int]
+    ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
+        return self._grad.run(inputs, wrt)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits for the background compiles started so far; whether they are done."""
+        futures = [lane.future for lane in self.lanes.values() if lane.future is not None]
+        return not concurrent.futures.wait(futures, timeout).not_done
+
+    def _counting(self, lane: Lane, run: LaneRunner) -> LaneRunner:
+        """``run``, timed and counted until the lane is hot; the hot call tiers it up."""
+
+        def counted(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+            start = time.perf_counter()
+            result = run(inputs, wrt)
+            lane.seconds += time.perf_counter() - start
+            lane.calls += 1
+            if lane.calls >= lane.hot_calls or lane.seconds >= lane.hot_seconds:
+                lane.run = run
+                self._tier_up(lane, inputs, wrt)
+            return result
+
+        return counted
+
+    def _tier_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
+        with self._lock:
+            if lane.hot:  # another thread got there first
+                return
+            lane.hot = True
+        start = time.perf_counter()
+        grad = False
+        try:
+            if lane.graph_module is not None:  # captured by whoever built the program
+                graph_module = lane.graph_module
+            elif lane is self._grad:
+                graph_module = capture_value_and_grad(self.flat, inputs, tuple(wrt))
+            else:
+                graph_module, custom_autograd = capture(self.flat, inputs, replayable=True)
+                grad = _needs_autograd(inputs)
+                if grad and custom_autograd:
+                    logger.info(
+                        "lazyjit: plain calls stay on %s: they use %s, whose backward an "
+                        "aten graph cannot keep",
+                        lane.tier,
+                        ", ".join(sorted(custom_autograd)),
+                    )
+                    return
+        except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
+            _warn_once(
+                self._warned,
+                lane.kind,
+                f"{lane.kind} stays on {lane.tier}: capturing its graph for inductor "
+                f"failed ({type(e).__name__}: {e})",
+            )
+            return
+        lane.wrt, lane.graph_module = wrt, graph_module
+        seconds = time.perf_counter() - start
+        self._add_compile_seconds(seconds)
+        logger.info(
+            "lazyjit: %s is hot after %d calls (%.3f s on %s); its graph has %d nodes "
+            "(captured in %.3f s); inductor compiles it %s",
+            lane.kind,
+            lane.calls,
+            lane.seconds,
+            lane.tier,
+            len(graph_module.graph.nodes),
+            seconds,
+            "now, on this thread (a training compile)" if grad else "in the background",
+        )
+        job = functools.partial(self._compile_and_switch, lane, graph_module, inputs, grad)
+        if grad:
+            job()
+        else:
+            lane.future = _COMPILER.submit(job)
+
+    def _add_compile_seconds(self, seconds: float) -> None:
+        with self._lock:  # the compiler thread adds too
+            self.compile_seconds += seconds
+
+    def _compile_and_switch(
+        self, lane: Lane, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            _prepare_inductor_for_threads()
+            compiled = inductor_compile(graph_module, inputs, grad)
+        except Exception as e:  # noqa: BLE001 - reported on the caller's thread
+            self._report_on_next_call(lane, e)
+            return
+        seconds = time.perf_counter() - start
+        self._add_compile_seconds(seconds)
+        if lane is self._plain:
+            lane.run = lambda inputs, wrt: tuple(compiled(*inputs))
+        else:
+            fallback, num_wrt = lane.run, len(lane.wrt)
+
+            def run(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+                if wrt is lane.wrt or tuple(wrt) == tuple(lane.wrt):
+                    return _run_value_and_grad(compiled, inputs, num_wrt)
+                return fallback(inputs, wrt)  # not the wrt the graph was captured for
+
+            lane.run = run
+        logger.info(
+            "lazyjit: %s switched from %s to inductor (compiled in %.3f s)",
+            lane.kind,
+            lane.tier,
+            seconds,
+        )
+        lane.tier = "inductor"
+
+    def _report_on_next_call(self, lane: Lane, error: Exception) -> None:
+        """A warning raised on the compiler thread would reach no one: the lane's next
+        call warns, on its caller's thread, and the lane stays on its tier."""
+        fallback = lane.run
+
+        def report(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+            lane.run = fallback
+            _warn_once(
+                self._warned,
+                "inductor",
+                f"{lane.kind} stays on {lane.tier}: inductor failed to compile its graph "
+                f"({type(error).__name__}: {error})",
+            )
+            return fallback(inputs, wrt)
+
+        lane.run = report
+
+
+class AutoBackend(Backend):
+    """Tiered compilation: TorchScript first (cheap to compile), inductor once hot.
+
+    The first call compiles with TorchScript, or runs eagerly where TorchScript fails
+    (with a one-time :class:`LazyJitWarning`; a function whose structure depends on
+    tensor values still raises :class:`StructureError`, as with ``"torchscript"``).
+    The program is a :class:`TieredProgram`: a lane (plain calls, or ``value_and_grad``)
+    is hot after ``hot_calls`` calls or ``hot_seconds`` seconds spent in it, whichever
+    comes first; it is then captured and compiled by inductor in the background. A
+    differentiable plain call compiles on the calling thread instead, so its lane waits
+    for ``blocking_hot_seconds``. Set these on ``lazyjit.BACKENDS["auto"]``; they apply
+    to programs compiled afterwards. See ``docs/backends.md`` for the measurements
+    behind the defaults.
+    """
+
+    name = "auto"
+
+    def __init__(
+        self,
+        hot_calls: float = 1000,
+        hot_seconds: float = 1.0,
+        blocking_hot_seconds: float = 10.0,
+    ):
+        self.hot_calls = hot_calls
+        self.hot_seconds = hot_seconds
+        self.blocking_hot_seconds = blocking_hot_seconds
+        self._first = TorchScriptBackend()
+
+    def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
+        try:
+            base, tier = self._first.compile(fn, inputs, options), "torchscript"
+        except StructureError:
+            raise
+        except Exception as e:  # noqa: BLE001 - eager is tier 0 where TorchScript fails
+            warnings.warn(
+                f"lazyjit: TorchScript failed ({type(e).__name__}: {e}); the auto backend "
+                "runs this function eagerly until it is hot enough for inductor",
+                LazyJitWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+            base, tier = Program(fn), "eager"
+        # The grad mode is in the cache key: the inputs tell how every call will be made.
+        plain_blocks = _needs_autograd(inputs)
+        lanes = {
+            "call": Lane(
+                "call",
+                tier,
+                math.inf if plain_blocks else self.hot_calls,
+                self.blocking_hot_seconds if plain_blocks else self.hot_seconds,
+            ),
+            "value_and_grad": Lane("value_and_grad", tier, self.hot_calls, self.hot_seconds),
+        }
+        return TieredProgram(fn, base, lanes)
+
+
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (Backend(), TorchScriptBackend(), AtenBackend(), InductorBackend())
+    b.name: b
+    for b in (Backend(), TorchScriptBackend(), AtenBackend(), InductorBackend(), AutoBackend())
 }
 
 

@@ -41,7 +41,7 @@ class _LazyJitELBO:
     def __init__(
         self,
         *args: Any,
-        backend: str = "torchscript",
+        backend: str = "auto",
         strict: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
         verify: int = 0,
@@ -150,7 +150,8 @@ class JitTrace_ELBO(_LazyJitELBO, Trace_ELBO):
 
     Takes every argument :class:`~pyro.infer.Trace_ELBO` takes, plus:
 
-    :param backend: a lazyjit backend name (``"torchscript"`` or ``"eager"``).
+    :param backend: a lazyjit backend name (``lazyjit.BACKENDS``); the default ``"auto"``
+        starts on TorchScript and moves a hot entry to inductor in the background.
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly when a
         call cannot be compiled safely (its structure depends on a tensor value).
     :param cache_size: the most compiled entries kept (one per call signature).

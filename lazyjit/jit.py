@@ -113,7 +113,8 @@ class CompiledFunction:
 
     :ivar fn: the wrapped callable.
     :ivar compiled: ``{cache key: Program}``, most recently used last. A TorchScript
-        program keeps the ``torch.jit.trace`` artifact in ``.script``.
+        program keeps the ``torch.jit.trace`` artifact in ``.script``; an ``"auto"``
+        program (a :class:`lazyjit.backends.TieredProgram`) keeps its tiers in ``.lanes``.
     :ivar compile_time: seconds spent by the most recent compilation, param discovery
         included (``None`` before the first); the total is ``stats.compile_seconds``.
     :ivar stats: a :class:`CompileStats`.
@@ -124,7 +125,7 @@ class CompiledFunction:
         fn: Callable,
         ignore_warnings: bool = False,
         jit_options: dict | None = None,
-        backend: str = "torchscript",
+        backend: str = "auto",
         *,
         strict: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
@@ -351,7 +352,7 @@ def trace(
     *,
     ignore_warnings: bool = False,
     jit_options: dict | None = None,
-    backend: str = "torchscript",
+    backend: str = "auto",
     strict: bool = False,
     cache_size: int = DEFAULT_CACHE_SIZE,
     verify: int = 0,
@@ -368,9 +369,10 @@ def trace(
         function branched on a tensor value still makes that entry run eagerly.
     :param jit_options: keyword arguments for :func:`torch.jit.trace`
         (``check_trace`` defaults to ``False``).
-    :param backend: ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
+    :param backend: ``"auto"`` (TorchScript first, inductor in the background once an
+        entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
         (a ``make_fx`` graph run as FX code) or ``"inductor"`` (that graph compiled by
-        inductor); see ``docs/index.md``.
+        inductor); see ``docs/backends.md``.
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when
         compiling fails or the function's structure depends on tensor values.
     :param cache_size: the most compiled entries kept; the least recently used goes.

@@ -82,7 +82,7 @@ class CompiledPotential:
         self,
         fn: Potential,
         *,
-        backend: str = "torchscript",
+        backend: str = "auto",
         jit_options: dict | None = None,
         ignore_jit_warnings: bool = False,
         strict: bool = False,
@@ -152,7 +152,7 @@ def potential_fn(
     model_args: tuple = (),
     model_kwargs: dict | None = None,
     *,
-    backend: str = "torchscript",
+    backend: str = "auto",
     transforms: dict[str, Transform] | None = None,
     max_plate_nesting: int | None = None,
     jit_options: dict | None = None,
@@ -388,7 +388,7 @@ class HMC(_CompiledPotentialKernel, pyro.infer.mcmc.hmc.HMC):
         *,
         min_stepsize: float = 1e-10,
         max_stepsize: float = 1e10,
-        backend: str = "torchscript",
+        backend: str = "auto",
         strict: bool = False,
     ):
         super().__init__(
@@ -437,7 +437,7 @@ class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
         max_tree_depth: int = 10,
         init_strategy: Callable = init_to_uniform,
         *,
-        backend: str = "torchscript",
+        backend: str = "auto",
         strict: bool = False,
     ):
         super().__init__(

@@ -494,7 +494,7 @@ def test_unhashable_static_argument_is_keyed_by_identity_with_warning():
 
 
 def test_compile_time_and_stats():
-    f = lazyjit.trace(model_log_prob_fn)
+    f = lazyjit.trace(model_log_prob_fn, backend="torchscript")
     assert f.compile_time is None
     f(torch.randn(2), torch.randn(2))
     f(torch.randn(2), torch.randn(2))

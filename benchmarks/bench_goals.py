@@ -1,0 +1,381 @@
+"""Every speed goal of issue 6 next to its measured ratio, side by side in one run.
+
+    python benchmarks/bench_goals.py [--quick] [--threads N] [--cold-cache]
+
+Sections (each prints its own table, then one table of all goals with PASS/FAIL):
+
+1. SVI step, seed Gaussian model (100 points, ``AutoDiagonalNormal``, ``pyro.optim.Adam``):
+   Pyro's ``JitTrace_ELBO``; drop-in ``pyro.infer.SVI`` + ``lazyjit.JitTrace_ELBO()``
+   (``"auto"``) in its steady state (stepped past auto's hot rule, background compile
+   waited for); ``lazyjit.SVI`` (the fused step), steady; NumPyro's jitted ``svi.update``
+   when NumPyro is installed (``pip install -e .[bench]``).
+2. First SVI step (compilation included) of a fresh ``JitTrace_ELBO``: Pyro's jit
+   against lazyjit's ``"auto"``, the median of several rounds, order alternating.
+3. Seed HMM (``JitTraceEnum_ELBO``, lengths 24/48/72): two epochs from scratch, compiles
+   included, and the steady epoch once every entry runs its inductor code (auto's hot
+   rule lowered to 2 calls to get there sooner; steady state does not depend on when).
+4. NUTS, seed Gaussian model and logistic regression (500 warmup + 500 samples; 100 +
+   100 with ``--quick``): wall time of ``MCMC.run``, compilation included.
+5. Compile time against model size (a chain of 10, 100, 1000 sample sites), per
+   backend: the first potential-and-gradient call minus a steady one.
+
+Timings on a small shared machine are noisy: contenders alternate, figures are
+medians, and the load average (``os.getloadavg()``) is printed before and after.
+Inductor compiles depend on its on-disk cache; ``--cold-cache`` points it at a fresh
+directory (every compile cold), otherwise the cache is used as found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer.autoguide import AutoDiagonalNormal
+from pyro.optim import Adam
+
+import lazyjit
+from lazyjit import examples
+from lazyjit.backends import wait_for_compiles
+from lazyjit.demo import gaussian_contenders, hmm_contenders
+from lazyjit.timing import Step, compare, table
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench_nuts  # noqa: E402 - a sibling script
+
+# (goal, target ratio, measured ratio, what the ratio compares)
+Goal = tuple[str, float, float, str]
+AUTO = "lazyjit JitTrace_ELBO (auto)"
+
+
+def steady(setup: Callable[[], Step], seconds: float) -> Callable[[], Step]:
+    """``setup``, stepped for ``seconds`` (past auto's hot rule) and with every background
+    compile waited for: the contender's steady state."""
+
+    def warmed() -> Step:
+        step = setup()
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            step()
+        wait_for_compiles()
+        step()
+        return step
+
+    return warmed
+
+
+def fused_svi(data: torch.Tensor) -> Step:
+    guide = AutoDiagonalNormal(examples.gaussian_model)
+    guide(data)
+    elbo = lazyjit.JitTrace_ELBO(ignore_jit_warnings=True)
+    svi = lazyjit.SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), elbo)
+    return lambda: svi.step(data)
+
+
+def numpyro_svi(data: torch.Tensor) -> Step:
+    """NumPyro's ``svi.update`` under ``jax.jit``, the same model, guide and optimizer."""
+    import jax
+    import numpyro
+    import numpyro.distributions as ndist
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoDiagonalNormal as NumPyroAutoDiagonalNormal
+
+    def model(data):
+        loc = numpyro.sample("loc", ndist.Normal(0.0, 10.0))
+        scale = numpyro.sample("scale", ndist.LogNormal(0.0, 3.0))
+        with numpyro.plate("data", data.shape[0]):
+            numpyro.sample("obs", ndist.Normal(loc, scale), obs=data)
+
+    values = jax.numpy.asarray(data.numpy())
+    svi = SVI(model, NumPyroAutoDiagonalNormal(model), numpyro.optim.Adam(0.01), Trace_ELBO())
+    state = [svi.init(jax.random.PRNGKey(0), values)]
+    update = jax.jit(svi.update)
+
+    def step() -> float:
+        state[0], loss = update(state[0], values)
+        return float(loss)  # a Python float, as Pyro's step returns
+
+    return step
+
+
+def svi_section(quick: bool) -> tuple[str, list[Goal]]:
+    pyro.clear_param_store()
+    data = examples.gaussian_data(100)
+    warm = 3 * lazyjit.BACKENDS["auto"].hot_seconds + 1.0
+    plain = gaussian_contenders(["auto"])
+    contenders = {
+        "Pyro JitTrace_ELBO": plain["Pyro JitTrace_ELBO"],
+        AUTO: steady(plain[AUTO], warm),
+        "lazyjit.SVI (fused)": steady(lambda: fused_svi(data), 2.0),
+    }
+    try:
+        import numpyro  # noqa: F401
+    except ImportError:
+        numpyro_note = "NumPyro not installed (pip install -e .[bench]): fused goal not measured"
+    else:
+        numpyro_note = ""
+        contenders["NumPyro svi.update (jax.jit)"] = lambda: numpyro_svi(data)
+    results = compare(contenders, steps=200 if quick else 1000, repeats=3 if quick else 5)
+    text = table(
+        "SVI step, seed Gaussian model (100 points, AutoDiagonalNormal, Adam); lazyjit rows "
+        "in their steady state (first-step column: after warm-up)",
+        results,
+        "Pyro JitTrace_ELBO",
+        "step",
+    )
+    med = {r.name: r.median_s for r in results}
+    goals = [
+        (
+            "SVI step: drop-in SVI + JitTrace_ELBO(auto), steady",
+            0.25,
+            med[AUTO] / med["Pyro JitTrace_ELBO"],
+            "x Pyro JitTrace_ELBO step",
+        )
+    ]
+    if numpyro_note:
+        text += "\n\n" + numpyro_note
+    else:
+        fused = med["lazyjit.SVI (fused)"] / med["NumPyro svi.update (jax.jit)"]
+        goals.append(("SVI step: lazyjit.SVI fused", 2.0, fused, "x NumPyro jitted svi.update"))
+    return text, goals
+
+
+def first_call_section(rounds: int) -> tuple[str, list[Goal]]:
+    firsts: dict[str, list[float]] = {"Pyro JitTrace_ELBO": [], AUTO: []}
+    for i in range(rounds):
+        pyro.clear_param_store()
+        fresh = gaussian_contenders(["auto"])
+        order = list(firsts) if i % 2 == 0 else list(reversed(firsts))
+        for result in compare({name: fresh[name] for name in order}, steps=1, repeats=1):
+            firsts[result.name].append(result.first_s)
+    med = {name: statistics.median(v) for name, v in firsts.items()}
+    lines = [
+        f"### First SVI step (compile included), fresh ELBO, median of {rounds} rounds",
+        "",
+        "| contender | first step (ms) | all rounds (ms) |",
+        "| --- | ---: | --- |",
+    ]
+    for name, values in firsts.items():
+        rounds_ms = ", ".join(f"{v * 1e3:.0f}" for v in values)
+        lines.append(f"| {name} | {med[name] * 1e3:.1f} | {rounds_ms} |")
+    ratio = med[AUTO] / med["Pyro JitTrace_ELBO"]
+    return "\n".join(lines), [("First call with auto", 2.0, ratio, "x Pyro jit first call")]
+
+
+def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
+    pyro_name, auto_name = "Pyro JitTraceEnum_ELBO", "lazyjit JitTraceEnum_ELBO (auto)"
+    pyro.clear_param_store()
+    fresh = hmm_contenders(["auto"], small=quick)
+    two = compare({pyro_name: fresh[pyro_name], auto_name: fresh[auto_name]}, 1, repeats=1)
+    total = {r.name: r.first_s + r.step_s[0] for r in two}
+    wait_for_compiles()  # what the two epochs left compiling does not meet the next part
+
+    auto = lazyjit.BACKENDS["auto"]
+    hot_calls = auto.hot_calls
+
+    def epochs(setup: Callable[[], Step], warmup: int) -> Callable[[], Step]:
+        def warmed() -> Step:
+            auto.hot_calls = 2
+            try:
+                epoch = setup()
+                for _ in range(warmup):
+                    epoch()
+            finally:
+                auto.hot_calls = hot_calls
+            wait_for_compiles()
+            epoch()
+            return epoch
+
+        return warmed
+
+    pyro.clear_param_store()
+    fresh = hmm_contenders(["auto"], small=quick)
+    # TorchScript optimizes a graph over its first runs: Pyro's jit warms up too.
+    results = compare(
+        {pyro_name: epochs(fresh[pyro_name], 2), auto_name: epochs(fresh[auto_name], 2)},
+        steps=1,
+        repeats=3,
+    )
+    sizes = "8 sequences" if quick else "75 sequences"
+    lines = [
+        f"### Seed HMM (JitTraceEnum_ELBO, lengths 24/48/72, {sizes})",
+        "",
+        "| contender | epochs 1 + 2, from scratch (s) | steady epoch (s) |",
+        "| --- | ---: | ---: |",
+    ]
+    med = {r.name: r.median_s for r in results}
+    for name in (pyro_name, auto_name):
+        lines.append(f"| {name} | {total[name]:.2f} | {med[name]:.3f} |")
+    goals = [
+        ("HMM steady epoch (auto)", 0.5, med[auto_name] / med[pyro_name], "x Pyro jit epoch"),
+        (
+            "HMM two epochs incl. compiles (auto)",
+            1.0,
+            total[auto_name] / total[pyro_name],
+            "x Pyro jit, same two epochs",
+        ),
+    ]
+    return "\n".join(lines), goals
+
+
+def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
+    n, repeats = (100, 1) if quick else (500, 2)
+    contending = bench_nuts.contenders(["auto", "inductor"])
+    del contending["Pyro eager"]
+    workloads = {
+        "seed Gaussian": (examples.gaussian_model, (examples.gaussian_data(100),)),
+        "logistic regression": (examples.logistic_model, examples.logistic_data()),
+    }
+    lines = [
+        f"### NUTS, {n} warmup + {n} samples, wall of MCMC.run (compiles included), "
+        f"median of {repeats}",
+        "",
+        "| workload | contender | wall (s) | leapfrog steps | wall / Pyro jit |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    goals = []
+    for workload, (model, args) in workloads.items():
+        walls: dict[str, list[float]] = {name: [] for name in contending}
+        steps: dict[str, int] = {}
+        for _ in range(repeats):
+            for name, (kernel_factory, _) in contending.items():
+                wall, steps[name] = bench_nuts.run_nuts(kernel_factory, model, args, n)
+                walls[name].append(wall)
+                wait_for_compiles()  # a compile the run started must not slow the next
+        med = {name: statistics.median(v) for name, v in walls.items()}
+        for name in contending:
+            ratio = med[name] / med["Pyro jit"]
+            lines.append(f"| {workload} | {name} | {med[name]:.2f} | {steps[name]} | {ratio:.2f} |")
+        goals.append(
+            (f"NUTS {workload} (auto)", 0.6, med["lazyjit (auto)"] / med["Pyro jit"], "x Pyro jit")
+        )
+    return "\n".join(lines), goals
+
+
+def chain_model(size: int) -> Callable[[], None]:
+    """A model with ``size`` sample sites, each depending on the one before."""
+
+    def model() -> None:
+        x = pyro.sample("x_0", dist.Normal(0.0, 1.0))
+        for i in range(1, size):
+            x = pyro.sample(f"x_{i}", dist.Normal(x, 1.0))
+
+    return model
+
+
+def compile_section(quick: bool) -> tuple[str, list[Goal]]:
+    sizes = [10, 100, 1000]
+    backends = ["torchscript", "aten", "inductor", "auto"]
+    seconds: dict[str, dict[int, float]] = {b: {} for b in backends}
+    for size in sizes:
+        model = chain_model(size)
+        for backend in backends:
+            if quick and backend == "inductor" and size == 1000:
+                continue
+            potential = lazyjit.potential_fn(model, backend=backend, ignore_jit_warnings=True)
+            z = potential.initial_params
+            start = time.perf_counter()
+            potential.value_and_grad(z)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            potential.value_and_grad(z)
+            seconds[backend][size] = first - (time.perf_counter() - start)
+    lines = [
+        "### Compile time (s) against model size: the first potential+gradient call minus "
+        "a steady one",
+        "",
+        "| backend | "
+        + " | ".join(f"{s} sites" for s in sizes)
+        + " | per site at the largest (ms) |",
+        "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: |",
+    ]
+    goals = []
+    for backend in backends:
+        row = [f"{seconds[backend][s]:.3f}" if s in seconds[backend] else "-" for s in sizes]
+        largest = max(seconds[backend])
+        lines.append(
+            f"| {backend} | {' | '.join(row)} | {seconds[backend][largest] / largest * 1e3:.2f} |"
+        )
+        # Linear growth: ten times the sites costs at most twenty times the time.
+        growth = seconds[backend][largest] / seconds[backend][largest // 10]
+        goals.append(
+            (
+                f"Compile time {largest // 10} -> {largest} sites ({backend})",
+                20.0,
+                growth,
+                "x (10x sites; 10 = linear)",
+            )
+        )
+    lines.append("")
+    lines.append(
+        "auto's first call is its TorchScript compile; inductor comes later, off the caller."
+    )
+    return "\n".join(lines), goals
+
+
+def goals_table(goals: list[Goal]) -> str:
+    lines = [
+        "### Goals of issue 6",
+        "",
+        "| goal | target | measured | result |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for name, target, ratio, unit in goals:
+        verdict = "PASS" if ratio <= target else f"FAIL (by {ratio / target:.2f}x)"
+        lines.append(f"| {name} | <= {target:g} | {ratio:.2f} {unit} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps, epochs, samples")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--cold-cache", action="store_true", help="inductor compiles with an empty cache"
+    )
+    args = parser.parse_args()
+    if args.cold_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lazyjit-bench-")
+    torch.set_num_threads(args.threads)
+    # XLA's CPU client otherwise runs its own thread pool beside torch's single thread.
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    warnings.filterwarnings("ignore", category=UserWarning)  # TorchScript's, via Pyro's jit
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    start, load = time.perf_counter(), os.getloadavg()
+    print(
+        f"torch {torch.__version__}, pyro {pyro.__version__}, {args.threads} thread(s), "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"inductor cache {'cold' if args.cold_cache else 'as found'}\n"
+    )
+    pyro.set_rng_seed(0)
+    goals: list[Goal] = []
+    sections = [
+        lambda: svi_section(args.quick),
+        lambda: first_call_section(3 if args.quick else 5),
+        lambda: hmm_section(args.quick),
+        lambda: nuts_section(args.quick),
+        lambda: compile_section(args.quick),
+    ]
+    for section in sections:
+        text, section_goals = section()
+        goals += section_goals
+        print(text, flush=True)
+        print()
+    print(goals_table(goals))
+    load = os.getloadavg()
+    print(
+        f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"{time.perf_counter() - start:.0f} s in all"
+    )
+
+
+if __name__ == "__main__":
+    main()

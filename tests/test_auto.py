@@ -1,0 +1,331 @@
+"""The ``"auto"`` backend: TorchScript first, inductor in the background once hot.
+
+Every case compares with the same Python run eagerly, from the same seed where the
+function draws random numbers. Most cases swap inductor for a stand-in compiler (the
+captured graph run as FX code), which exercises the tiering in milliseconds; the cases
+that compile with inductor for real cost seconds each, and all but one are ``slow``.
+"""
+
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoDiagonalNormal
+
+import lazyjit
+import lazyjit.backends
+from lazyjit import LazyJitWarning, StructureWarning
+from lazyjit.backends import TieredProgram, TorchScriptProgram, wait_for_compiles
+from lazyjit.examples import gaussian_data, gaussian_model, scale_log_prob
+
+SLOW = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def no_compile_left_behind():
+    """A background compile must not outlive its test (it would meet the next one)."""
+    yield
+    assert wait_for_compiles(timeout=120)
+
+
+@pytest.fixture
+def hot_after(monkeypatch):
+    """``hot_after(n)``: auto programs compiled from now on are hot after ``n`` calls."""
+    auto = lazyjit.BACKENDS["auto"]
+
+    def set_hot(calls, seconds=float("inf"), blocking_seconds=float("inf")):
+        monkeypatch.setattr(auto, "hot_calls", calls)
+        monkeypatch.setattr(auto, "hot_seconds", seconds)
+        monkeypatch.setattr(auto, "blocking_hot_seconds", blocking_seconds)
+
+    return set_hot
+
+
+@pytest.fixture
+def fx_for_inductor(monkeypatch):
+    """Inductor replaced by the captured graph's own FX code: tiering without the cost."""
+    compiled = []
+
+    def compile_as_fx(graph_module, inputs, grad):
+        compiled.append(grad)
+        return graph_module.forward
+
+    monkeypatch.setattr(lazyjit.backends, "inductor_compile", compile_as_fx)
+    return compiled
+
+
+def assert_close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def program_of(compiled):
+    (program,) = compiled.compiled.values()
+    return program
+
+
+def eager_value_and_grads(fn, names, *args):
+    value = fn(*args)
+    params = [pyro.param(n).unconstrained() for n in names]
+    return value.detach(), dict(zip(names, torch.autograd.grad(value, params)))
+
+
+# A function with random draws, so that every comparison also checks the random stream.
+def noisy_log_prob(x):
+    loc = pyro.param("loc", torch.zeros(()))
+    z = pyro.sample("z", dist.Normal(loc, 1.0).expand(x.shape).to_event(1))
+    return dist.Normal(z, 1.0).log_prob(x).sum() + (z * loc).sum()
+
+
+def assert_value_and_grad_match_eager(compiled, fn, *args, seed):
+    torch.manual_seed(seed)
+    value, grads = compiled.value_and_grad(*args)
+    after = torch.rand(())
+    torch.manual_seed(seed)
+    expected, expected_grads = eager_value_and_grads(fn, list(grads.params), *args)
+    assert_close(value, expected)
+    assert_close(grads.params, expected_grads)
+    assert after == torch.rand(())  # the same random numbers were drawn
+
+
+def test_auto_is_the_default():
+    assert lazyjit.trace(scale_log_prob).backend.name == "auto"
+    assert lazyjit.JitTrace_ELBO().compiled_fn.backend.name == "auto"
+    assert lazyjit.JitTraceEnum_ELBO().compiled_fn.backend.name == "auto"
+    assert lazyjit.NUTS(gaussian_model, jit_compile=True).backend == "auto"
+    assert lazyjit.potential_fn(gaussian_model, (gaussian_data(10),)).compiled.backend.name == (
+        "auto"
+    )
+
+
+def test_starts_on_torchscript():
+    compiled = lazyjit.trace(scale_log_prob)
+    x, y = torch.randn(10), torch.randn(10)
+    for _ in range(3):
+        assert_close(compiled(x, y), scale_log_prob(x, y))
+        value, grads = compiled.value_and_grad(x, y)
+        assert_close((value, grads.params), eager_value_and_grads(scale_log_prob, ["scale"], x, y))
+    program = program_of(compiled)
+    assert isinstance(program, TieredProgram) and isinstance(program.base, TorchScriptProgram)
+    assert {lane.tier for lane in program.lanes.values()} == {"torchscript"}
+    assert program.lanes["value_and_grad"].calls == 3 and program.lanes["call"].calls == 3
+
+
+def test_tiers_up_when_hot_and_matches_eager_throughout(hot_after, fx_for_inductor):
+    hot_after(3)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(20)
+    compiled.value_and_grad(x)  # compiles
+    for seed in range(2):  # calls 2 and 3: the third is hot and starts the compile
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    program = program_of(compiled)
+    assert program.wait(timeout=60)
+    lane = program.lanes["value_and_grad"]
+    assert lane.tier == "inductor" and lane.calls == 3 and lane.graph_module is not None
+    assert fx_for_inductor == [False]  # an inference compile, in the background
+    for seed in range(2, 4):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    assert program.lanes["call"].tier == "torchscript"  # the other lane counts on its own
+
+
+def test_hot_after_seconds(hot_after, fx_for_inductor):
+    hot_after(float("inf"), seconds=0.0)  # any time spent in it makes it hot
+    compiled = lazyjit.trace(scale_log_prob)
+    x, y = torch.randn(5), torch.randn(5)
+    with torch.no_grad():
+        compiled(x, y)
+    program = program_of(compiled)
+    assert program.wait(timeout=60) and program.lanes["call"].tier == "inductor"
+    with torch.no_grad():
+        assert_close(compiled(x, y), scale_log_prob(x, y))
+
+
+def test_differentiable_call_compiles_on_the_calling_thread(hot_after, fx_for_inductor):
+    hot_after(1, seconds=0.0, blocking_seconds=float("inf"))
+    compiled = lazyjit.trace(scale_log_prob)
+    x, y = torch.randn(5), torch.randn(5)
+    for _ in range(3):  # a differentiable call waits for blocking_hot_seconds
+        compiled(x, y)
+    program = program_of(compiled)
+    assert program.lanes["call"].tier == "torchscript" and not fx_for_inductor
+
+    hot_after(1, seconds=0.0, blocking_seconds=0.0)
+    compiled = lazyjit.trace(scale_log_prob)
+    compiled(x, y)
+    lane = program_of(compiled).lanes["call"]
+    assert lane.tier == "inductor" and lane.future is None  # done before the call returned
+    assert fx_for_inductor == [True]  # a training compile
+    out = compiled(x, y)
+    expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
+    assert_close(out.detach(), expected)
+    scale = pyro.param("scale").unconstrained()
+    assert_close(torch.autograd.grad(out, scale)[0], expected_grads["scale"])
+
+
+def test_works_without_torchscript(monkeypatch, hot_after, fx_for_inductor):
+    def no_torchscript(*args, **kwargs):
+        raise RuntimeError("torch.jit is gone")
+
+    monkeypatch.setattr(torch.jit, "trace", no_torchscript)
+    hot_after(2)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(7)
+    with pytest.warns(LazyJitWarning, match="torch.jit is gone"):
+        compiled.value_and_grad(x)
+    program = program_of(compiled)
+    assert program.lanes["value_and_grad"].tier == "eager"
+    assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=0)  # hot
+    assert program.wait(timeout=60) and program.lanes["value_and_grad"].tier == "inductor"
+    assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=1)
+    assert compiled.stats.fallbacks == 0
+
+
+def test_failed_inductor_compile_falls_back_one_tier_with_one_warning(monkeypatch, hot_after):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(lazyjit.backends, "inductor_compile", broken)
+    hot_after(1)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    compiled.value_and_grad(x)  # compiles, is hot, and the background compile fails
+    program = program_of(compiled)
+    assert program.wait(timeout=60)
+    with pytest.warns(LazyJitWarning, match="no C.. compiler"):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        for seed in range(1, 3):
+            assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    assert program.lanes["value_and_grad"].tier == "torchscript"
+
+
+def test_failed_capture_stays_on_torchscript(monkeypatch, hot_after):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no capture today")
+
+    monkeypatch.setattr(lazyjit.backends, "capture_value_and_grad", broken)
+    hot_after(2)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    compiled.value_and_grad(x)
+    with pytest.warns(LazyJitWarning, match="no capture today"):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=0)
+    assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=1)
+    assert program_of(compiled).lanes["value_and_grad"].tier == "torchscript"
+
+
+def test_value_dependent_structure_runs_eagerly_and_never_tiers_up(hot_after, fx_for_inductor):
+    def branchy(x):
+        if x.sum() > 0:
+            return (x * pyro.param("w", torch.tensor(2.0))).sum()
+        return (x - 1).sum()
+
+    hot_after(1)
+    compiled = lazyjit.trace(branchy)
+    pos, neg = torch.ones(3), -torch.ones(3)
+    with pytest.warns(StructureWarning):
+        assert_close(compiled(pos), torch.tensor(6.0))
+    assert_close(compiled(neg), torch.tensor(-6.0))
+    assert compiled.stats.fallbacks == 1 and not fx_for_inductor
+
+
+def test_elbo_with_auto_matches_pyro_across_the_switch(hot_after, fx_for_inductor):
+    hot_after(3)
+    data = gaussian_data(50)
+    guide = AutoDiagonalNormal(gaussian_model)
+    guide(data)
+    lazy = lazyjit.JitTrace_ELBO()
+    lazy.loss_and_grads(gaussian_model, guide, data)  # compiles
+    for step in range(6):  # hot at the third call; the rest after the switch
+        if step == 3:
+            assert wait_for_compiles(timeout=60)
+            assert program_of(lazy.compiled_fn).lanes["value_and_grad"].tier == "inductor"
+        results = []
+        for elbo in [lazy, Trace_ELBO()]:
+            for p in guide.parameters():
+                p.grad = None
+            torch.manual_seed(step)
+            loss = elbo.loss_and_grads(gaussian_model, guide, data)
+            results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+        assert_close(results[0][1], results[1][1])
+
+
+# Inductor for real. One case in the default run: the background compile must leave the
+# caller's random stream alone (inductor saves and restores the global RNG state).
+def test_background_inductor_compile(hot_after):
+    hot_after(2)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(10)
+    compiled.value_and_grad(x)
+    torch.manual_seed(0)
+    compiled.value_and_grad(x)  # hot: the compile starts in the background
+    program = program_of(compiled)
+    draws = []
+    while not program.wait(timeout=0.01):  # the caller's loop goes on meanwhile
+        draws.append(torch.rand(8))
+    draws.append(torch.rand(8))
+    # What eager would have drawn in the same order from the same seed.
+    torch.manual_seed(0)
+    eager_value_and_grads(noisy_log_prob, ["loc"], x)
+    assert torch.equal(torch.cat(draws), torch.rand(8 * len(draws)))
+    assert program.lanes["value_and_grad"].tier == "inductor"
+    for seed in range(2):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+
+
+@SLOW
+def test_elbo_tiers_up_to_inductor_and_matches_pyro(hot_after):
+    hot_after(2)
+    data = gaussian_data(100)
+    guide = AutoDiagonalNormal(gaussian_model)
+    guide(data)
+    lazy = lazyjit.JitTrace_ELBO()
+    for _ in range(2):
+        lazy.loss_and_grads(gaussian_model, guide, data)
+    assert wait_for_compiles(timeout=600)
+    assert program_of(lazy.compiled_fn).lanes["value_and_grad"].tier == "inductor"
+    for seed in range(3):
+        results = []
+        for elbo in [lazy, Trace_ELBO()]:
+            for p in guide.parameters():
+                p.grad = None
+            torch.manual_seed(seed)
+            loss = elbo.loss_and_grads(gaussian_model, guide, data)
+            results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
+        assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+        assert_close(results[0][1], results[1][1])
+
+
+@SLOW
+def test_differentiable_call_with_inductor_training_compile(hot_after):
+    hot_after(1, seconds=0.0, blocking_seconds=0.0)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(10)
+    compiled(x)
+    assert program_of(compiled).lanes["call"].tier == "inductor"
+    for seed in range(2):
+        torch.manual_seed(seed)
+        out = compiled(x)
+        torch.manual_seed(seed)
+        expected, expected_grads = eager_value_and_grads(noisy_log_prob, ["loc"], x)
+        assert_close(out.detach(), expected)
+        loc = pyro.param("loc").unconstrained()
+        assert_close(torch.autograd.grad(out, loc)[0], expected_grads["loc"])
+
+
+@SLOW
+def test_nuts_tiers_up_and_samples_the_posterior(hot_after):
+    hot_after(100)
+    data = gaussian_data(100)
+    kernel = lazyjit.NUTS(gaussian_model, jit_compile=True, ignore_jit_warnings=True)
+    mcmc = pyro.infer.MCMC(kernel, num_samples=300, warmup_steps=300, disable_progbar=True)
+    mcmc.run(data)
+    assert wait_for_compiles(timeout=600)
+    assert program_of(kernel.potential_fn.compiled).lanes["value_and_grad"].tier == "inductor"
+    samples = mcmc.get_samples()
+    assert abs(samples["loc"].mean() - data.mean()) < 0.5
+    assert abs(samples["scale"].mean() - data.std()) < 0.5
