@@ -15,7 +15,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
-from pyro.nn import PyroModule, PyroParam
+from test_trace import Regression  # params a module reads from itself
 from torch.distributions import constraints
 
 import lazyjit
@@ -123,19 +123,6 @@ def test_value_and_grad_wrt_arguments():
     assert_close(grads.args[0], gz)
     assert grads.args[1] is None
     assert_close(grads.params["loc"], gloc)
-
-
-# Params a module reads from itself must be graph inputs, not constants.
-class Regression(PyroModule):
-    def __init__(self):
-        super().__init__()
-        self.linear = PyroModule[torch.nn.Linear](3, 1)
-        self.noise = PyroParam(torch.tensor(0.7), constraint=constraints.positive)
-
-    def forward(self, x, y=None):
-        mean = self.linear(x).squeeze(-1)
-        with pyro.plate("data", x.shape[0]):
-            return pyro.sample("y", dist.Normal(mean, self.noise), obs=y)
 
 
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import runpy
 import textwrap
 import warnings
@@ -34,6 +35,7 @@ from lazyjit import (
     JitTraceMeanField_ELBO,
     LazyJitError,
     StructureWarning,
+    examples,
 )
 
 BACKENDS = ["torchscript", "eager"]
@@ -149,17 +151,8 @@ def subsampled_plate():
     return model, guide, (data,), {}
 
 
-def hmm_model(sequence, num_sequences, length, state_dim=3):
-    """The tutorial's Gaussian HMM with enumerated hidden states."""
-    with pyro.plate("states", state_dim):
-        trans = pyro.sample("trans", dist.Dirichlet(0.5 * torch.ones(state_dim)))
-        emit_loc = pyro.sample("emit_loc", dist.Normal(0.0, 10.0))
-    emit_scale = pyro.sample("emit_scale", dist.LogNormal(0.0, 3.0))
-    with poutine.scale(scale=num_sequences):
-        x = 0
-        for t in pyro.markov(range(length)):
-            x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]), infer={"enumerate": "parallel"})
-            pyro.sample(f"y_{t}", dist.Normal(emit_loc[x], emit_scale), obs=sequence[t])
+# The tutorial's Gaussian HMM, with 3 states to keep the tests short.
+hmm_model = functools.partial(examples.hmm_model, state_dim=3)
 
 
 def hmm_guide():
