@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import copy
 import functools
+import linecache
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -110,7 +112,7 @@ class TorchScriptBackend(Backend):
                 _shape_conversions_quiet(),
             ):
                 warnings.simplefilter("always")
-                script = torch.jit.trace(fn, tuple(inputs), **options)
+                script = _jit_trace(fn, tuple(inputs), options)
         finally:
             _this_trace.derived = outer_trace
         for w in caught:
@@ -122,6 +124,31 @@ class TorchScriptBackend(Backend):
                 raise StructureError(str(w.message).split(".")[0], f"{w.filename}:{w.lineno}")
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
         return TorchScriptProgram(script)
+
+
+def _jit_trace(fn: Flat, inputs: tuple[torch.Tensor, ...], options: dict[str, Any]) -> Any:
+    """``torch.jit.trace(fn, inputs, **options)``, without its leak where it can.
+
+    ``torch.jit.trace`` registers every function it traces in one process-wide
+    CompilationUnit, which never lets go of it: each evicted cache entry would keep its
+    graph and executor state (about 2 MB for a 150-op graph, measured). The same tracer
+    puts the graph in a CompilationUnit of the entry's own, freed with it. Options only
+    ``torch.jit.trace`` implements (``check_trace=True``, ``check_inputs``, ...) take
+    the leaky road.
+    """
+    private = {"check_trace", "strict", "_force_outplace"}
+    if options.get("check_trace") or not set(options) <= private or not torch.jit._state._enabled:
+        return torch.jit.trace(fn, inputs, **options)
+    from torch.jit._trace import _create_interpreter_name_lookup_fn
+
+    graph, _ = torch._C._create_graph_by_tracing(
+        fn,
+        inputs,
+        _create_interpreter_name_lookup_fn(),
+        options.get("strict", True),
+        options.get("_force_outplace", False),
+    )
+    return torch._C.CompilationUnit().create_function("lazyjit_trace", graph)
 
 
 # TracerWarnings that mean the trace baked in a decision taken on a tensor's value.
@@ -401,7 +428,8 @@ class InductorProgram(GraphProgram):
                     "ignore", r".*torch\.jit\.script_method", DeprecationWarning
                 )
                 import torch._inductor.compile_fx  # noqa: F401
-            compiled = inductor_compile(graph_module, inputs, grad)
+            with _TRACE_LOCK:  # not beside a background compile (see "auto" below)
+                compiled = inductor_compile(graph_module, inputs, grad)
         except Exception as e:  # noqa: BLE001 - the FX code computes the same thing
             _warn_once(
                 self._warned,
@@ -422,7 +450,10 @@ class InductorProgram(GraphProgram):
 
 
 def inductor_compile(
-    graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
+    graph_module: GraphModule,
+    inputs: Sequence[torch.Tensor],
+    grad: bool,
+    config: dict[str, Any] | None = None,
 ) -> Runner:
     """``graph_module`` compiled by inductor (``compile_fx``) for inputs shaped like
     ``inputs``; with ``grad``, aot_autograd compiles a backward too. Raises on failure.
@@ -431,6 +462,7 @@ def inductor_compile(
     real ones may change meanwhile (an optimizer step while a background compile runs).
     ``compile_fx`` may rewrite the graph it is given (its pre-grad passes); it gets a copy,
     so that ``graph_module`` stays the captured graph (for the FX fallback and inspection).
+    ``config`` adds inductor settings to :data:`INDUCTOR_CONFIG`.
     """
     from torch._inductor.compile_fx import compile_fx
 
@@ -441,7 +473,11 @@ def inductor_compile(
         for t in inputs
     ]
     with torch.set_grad_enabled(grad):
-        return compile_fx(copy.deepcopy(graph_module), examples, config_patches=INDUCTOR_CONFIG)
+        return compile_fx(
+            copy.deepcopy(graph_module),
+            examples,
+            config_patches={**INDUCTOR_CONFIG, **(config or {})},
+        )
 
 
 class InductorBackend(AtenBackend):
@@ -490,7 +526,7 @@ def capture(
     there ``torch.autograd.grad`` bakes the forward values autograd saved into the graph
     as constants: gradients inside the function would be silently stale.)
     """
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode, make_fx
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
     custom_autograd: set[str] = set()
 
@@ -503,10 +539,23 @@ def capture(
         custom_autograd.update(_custom_autograd_functions(outputs))
         return outputs
 
+    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
+    with _TRACE_LOCK:  # the FX sources made meanwhile are this graph's own
+        sources = _fx_source_keys()
+        graph_module = _make_fx(traced, inputs, cuda)
+        if replayable:
+            _detach_no_grad_outputs(graph_module.graph)
+        graph_module.graph.eliminate_dead_code()
+        graph_module.recompile()
+        weakref.finalize(graph_module, _forget_fx_sources, _fx_source_keys() - sources)
+    return graph_module, frozenset(custom_autograd)
+
+
+def _make_fx(traced: Callable, inputs: Sequence[torch.Tensor], cuda: list[int]) -> GraphModule:
     from torch._guards import TracingContext, tracing
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
 
-    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     try:
         with (
             validation_enabled(False),
@@ -517,7 +566,7 @@ def capture(
             # (measured: 22 s instead of 1.5 s for an HMM's 4000-node graph).
             tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))),
         ):
-            graph_module = make_fx(traced)(*inputs)
+            return make_fx(traced)(*inputs)
     except RuntimeError as e:
         if _DATA_DEPENDENT_FX.search(str(e)):
             raise StructureError(
@@ -525,11 +574,23 @@ def capture(
                 _site(e),
             ) from e
         raise
-    if replayable:
-        _detach_no_grad_outputs(graph_module.graph)
-    graph_module.graph.eliminate_dead_code()
-    graph_module.recompile()
-    return graph_module, frozenset(custom_autograd)
+
+
+# torch.fx keeps the source of every GraphModule it generates in a process-wide cache
+# (for tracebacks) that never shrinks: about 45 KB per evicted cache entry, measured.
+# A captured graph's sources go with it.
+def _fx_source_keys() -> set[str]:
+    from torch.fx.graph_module import _loader
+
+    return set(_loader.eval_cache)
+
+
+def _forget_fx_sources(keys: set[str]) -> None:
+    from torch.fx.graph_module import _loader
+
+    for key in keys:
+        _loader.eval_cache.pop(key, None)
+        linecache.cache.pop(key, None)
 
 
 _NO_GRAD = "lazyjit_no_grad"
@@ -732,12 +793,21 @@ def _site(error: BaseException) -> str:
 #   process-wide: interleaved with lazyjit's own warning-recording TorchScript trace (the
 #   structure guard), either could lose the other's warnings for good. Both take
 #   _WARNINGS_LOCK, held for the length of those two blocks only.
+# * aot_autograd traces the graph with make_fx, and torch.fx's tracer keeps a module-global
+#   patcher: two traces at once fail ("CURRENT_PATCHER is None", measured). Captures and
+#   compiles take _TRACE_LOCK; a lane that is hot while a compile runs waits its turn
+#   (on its tier, counting on) instead of capturing.
 # * aot_autograd's tracing turns on anomaly mode, which is process-wide too: autograd on
 #   other threads runs slower for that moment (a fraction of the compile). A training
 #   compile (forward and backward, for a differentiable plain call) also traces a joint
 #   graph under it: those compile on the calling thread instead.
+# Lock order: _TRACE_LOCK, then _WARNINGS_LOCK.
+_TRACE_LOCK = threading.RLock()
 _WARNINGS_LOCK = threading.RLock()
 _on_compiler_thread = threading.local()
+# Inductor compiles C++ in a pool of worker processes, one per CPU: beside a user's loop,
+# one compile process leaves the loop a CPU of its own on a small machine.
+_BACKGROUND_CONFIG = {"compile_threads": 1}
 _prepared = False
 
 LaneRunner = Callable[[Sequence[torch.Tensor], Sequence[int]], Any]
@@ -798,6 +868,7 @@ class _CompilerThread:
         self._thread: threading.Thread | None = None
         self._last: Future | None = None
         self._lock = threading.Lock()
+        self.started = 0
 
     def submit(self, job: Callable[[], None]) -> Future:
         future: Future = Future()
@@ -808,8 +879,15 @@ class _CompilerThread:
                 )
                 self._thread.start()
             self._last = future
+            self.started += 1
         self._jobs.put((future, job))
         return future
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is queued or running."""
+        last = self._last
+        return last is not None and not last.done()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Waits until the jobs submitted so far are done (they run in order)."""
@@ -822,7 +900,8 @@ class _CompilerThread:
             future, job = self._jobs.get()
             future.set_running_or_notify_cancel()
             try:
-                future.set_result(job())
+                with _TRACE_LOCK:
+                    future.set_result(job())
             except BaseException as e:  # noqa: BLE001 - the job reports its own failures
                 future.set_exception(e)
 
@@ -834,6 +913,13 @@ def wait_for_compiles(timeout: float | None = None) -> bool:
     """Waits for every background compile started so far (of any program); whether
     they are done. For benchmarks and tests: normal code never needs to wait."""
     return _COMPILER.wait(timeout)
+
+
+def compiles_started() -> int:
+    """How many background compiles have been started in this process. A hot lane
+    waits for the compile in flight before it starts its own, so a loop has reached its
+    steady state once a pass over it starts none."""
+    return _COMPILER.started
 
 
 class Lane:
@@ -916,7 +1002,9 @@ class TieredProgram(Program):
             result = run(inputs, wrt)
             lane.seconds += time.perf_counter() - start
             lane.calls += 1
-            if lane.calls >= lane.hot_calls or lane.seconds >= lane.hot_seconds:
+            if (lane.calls >= lane.hot_calls or lane.seconds >= lane.hot_seconds) and (
+                not _COMPILER.busy  # one capture or compile at a time: wait for its end
+            ):
                 lane.run = run
                 self._tier_up(lane, inputs, wrt)
             return result
@@ -970,7 +1058,8 @@ class TieredProgram(Program):
         )
         job = functools.partial(self._compile_and_switch, lane, graph_module, inputs, grad)
         if grad:
-            job()
+            with _TRACE_LOCK:
+                job()
         else:
             lane.future = _COMPILER.submit(job)
 
@@ -984,7 +1073,7 @@ class TieredProgram(Program):
         start = time.perf_counter()
         try:
             _prepare_inductor_for_threads()
-            compiled = inductor_compile(graph_module, inputs, grad)
+            compiled = inductor_compile(graph_module, inputs, grad, _BACKGROUND_CONFIG)
         except Exception as e:  # noqa: BLE001 - reported on the caller's thread
             self._report_on_next_call(lane, e)
             return
@@ -1033,29 +1122,35 @@ class AutoBackend(Backend):
     The first call compiles with TorchScript, or runs eagerly where TorchScript fails
     (with a one-time :class:`LazyJitWarning`; a function whose structure depends on
     tensor values still raises :class:`StructureError`, as with ``"torchscript"``).
-    The program is a :class:`TieredProgram`: a lane (plain calls, or ``value_and_grad``)
-    is hot after ``hot_calls`` calls or ``hot_seconds`` seconds spent in it, whichever
-    comes first; it is then captured and compiled by inductor in the background. A
-    differentiable plain call compiles on the calling thread instead, so its lane waits
-    for ``blocking_hot_seconds``. Set these on ``lazyjit.BACKENDS["auto"]``; they apply
-    to programs compiled afterwards. See ``docs/backends.md`` for the measurements
-    behind the defaults.
+    The program is a :class:`TieredProgram`. Each of its lanes (plain calls,
+    ``value_and_grad``) is hot once the time spent in it reaches
+    ``max(hot_seconds, hot_compile_factor * t0)``, where ``t0`` is what the tier-0
+    compile took (a bigger graph costs more to capture and compile, so it must prove
+    itself longer), or after ``hot_calls`` calls if that comes first. A hot lane is
+    captured and compiled by inductor in the background. A differentiable plain call
+    compiles on the calling thread instead, so its lane uses ``blocking_hot_seconds``
+    in place of ``hot_seconds`` and no call count. Set these on
+    ``lazyjit.BACKENDS["auto"]``; they apply to programs compiled afterwards.
+    ``docs/backends.md`` has the measurements behind the defaults.
     """
 
     name = "auto"
 
     def __init__(
         self,
-        hot_calls: float = 1000,
         hot_seconds: float = 1.0,
+        hot_compile_factor: float = 20.0,
+        hot_calls: float = math.inf,
         blocking_hot_seconds: float = 10.0,
     ):
-        self.hot_calls = hot_calls
         self.hot_seconds = hot_seconds
+        self.hot_compile_factor = hot_compile_factor
+        self.hot_calls = hot_calls
         self.blocking_hot_seconds = blocking_hot_seconds
         self._first = TorchScriptBackend()
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
+        start = time.perf_counter()
         try:
             base, tier = self._first.compile(fn, inputs, options), "torchscript"
         except StructureError:
@@ -1068,18 +1163,14 @@ class AutoBackend(Backend):
                 stacklevel=_caller_stacklevel(),
             )
             base, tier = Program(fn), "eager"
+        proving = self.hot_compile_factor * (time.perf_counter() - start)
         # The grad mode is in the cache key: the inputs tell how every call will be made.
-        plain_blocks = _needs_autograd(inputs)
-        lanes = {
-            "call": Lane(
-                "call",
-                tier,
-                math.inf if plain_blocks else self.hot_calls,
-                self.blocking_hot_seconds if plain_blocks else self.hot_seconds,
-            ),
-            "value_and_grad": Lane("value_and_grad", tier, self.hot_calls, self.hot_seconds),
-        }
-        return TieredProgram(fn, base, lanes)
+        if _needs_autograd(inputs):
+            plain = Lane("call", tier, math.inf, max(self.blocking_hot_seconds, proving))
+        else:
+            plain = Lane("call", tier, self.hot_calls, max(self.hot_seconds, proving))
+        grad = Lane("value_and_grad", tier, self.hot_calls, max(self.hot_seconds, proving))
+        return TieredProgram(fn, base, {"call": plain, "value_and_grad": grad})
 
 
 BACKENDS: dict[str, Backend] = {

@@ -6,6 +6,7 @@ captured graph run as FX code), which exercises the tiering in milliseconds; the
 that compile with inductor for real cost seconds each, and all but one are ``slow``.
 """
 
+import threading
 import warnings
 
 import pyro
@@ -39,6 +40,7 @@ def hot_after(monkeypatch):
     def set_hot(calls, seconds=float("inf"), blocking_seconds=float("inf")):
         monkeypatch.setattr(auto, "hot_calls", calls)
         monkeypatch.setattr(auto, "hot_seconds", seconds)
+        monkeypatch.setattr(auto, "hot_compile_factor", 0.0)
         monkeypatch.setattr(auto, "blocking_hot_seconds", blocking_seconds)
 
     return set_hot
@@ -49,7 +51,7 @@ def fx_for_inductor(monkeypatch):
     """Inductor replaced by the captured graph's own FX code: tiering without the cost."""
     compiled = []
 
-    def compile_as_fx(graph_module, inputs, grad):
+    def compile_as_fx(graph_module, inputs, grad, config=None):
         compiled.append(grad)
         return graph_module.forward
 
@@ -169,6 +171,7 @@ def test_works_without_torchscript(monkeypatch, hot_after, fx_for_inductor):
         raise RuntimeError("torch.jit is gone")
 
     monkeypatch.setattr(torch.jit, "trace", no_torchscript)
+    monkeypatch.setattr(torch._C, "_create_graph_by_tracing", no_torchscript)
     hot_after(2)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(7)
@@ -215,6 +218,32 @@ def test_failed_capture_stays_on_torchscript(monkeypatch, hot_after):
         assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=0)
     assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=1)
     assert program_of(compiled).lanes["value_and_grad"].tier == "torchscript"
+
+
+def test_one_capture_or_compile_at_a_time(monkeypatch, hot_after):
+    """make_fx keeps global state: a lane that is hot while another program compiles
+    waits on its tier, and tiers up at a call after the compile is done."""
+    release = threading.Event()
+
+    def slow_compile(graph_module, inputs, grad, config=None):
+        assert release.wait(timeout=60)
+        return graph_module.forward
+
+    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
+    hot_after(1)
+    first, second = lazyjit.trace(noisy_log_prob), lazyjit.trace(scale_log_prob)
+    x, y = torch.randn(5), torch.randn(5)
+    first.value_and_grad(x)  # hot: its compile starts, and waits
+    for _ in range(3):
+        second.value_and_grad(x, y)
+    lane = program_of(second).lanes["value_and_grad"]
+    assert lane.tier == "torchscript" and lane.graph_module is None and lane.calls == 3
+    release.set()
+    assert wait_for_compiles(timeout=60)
+    second.value_and_grad(x, y)  # now it captures, and compiles
+    assert wait_for_compiles(timeout=60) and lane.tier == "inductor"
+    value, grads = second.value_and_grad(x, y)
+    assert_close((value, grads.params), eager_value_and_grads(scale_log_prob, ["scale"], x, y))
 
 
 def test_value_dependent_structure_runs_eagerly_and_never_tiers_up(hot_after, fx_for_inductor):

@@ -367,6 +367,7 @@ def test_works_without_torchscript(monkeypatch):
         raise RuntimeError("torch.jit is gone")
 
     monkeypatch.setattr(torch.jit, "trace", no_torchscript)
+    monkeypatch.setattr(torch._C, "_create_graph_by_tracing", no_torchscript)
     monkeypatch.setattr(torch.jit, "script", no_torchscript)
     reg = Regression()
     x, y = torch.randn(6, 3), torch.randn(6)

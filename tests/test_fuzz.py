@@ -6,8 +6,9 @@ runs through every lazyjit ELBO that applies to it and through the eager Pyro EL
 subclasses, on the same seed, over several calls whose batch sizes change and whose
 params move in between: loss and every param gradient must agree.
 
-The default run draws a few derandomized examples per backend (inductor excluded: each
-of its compilations takes seconds). The long run draws fresh examples, inductor included::
+The default run draws a few derandomized examples per backend (inductor and auto
+excluded: each inductor compilation takes seconds). The long run draws fresh examples on
+every backend::
 
     LAZYJIT_FUZZ_EXAMPLES=3000 pytest -m slow tests/test_fuzz.py
 """
@@ -39,8 +40,11 @@ from lazyjit import (
     StructureWarning,
 )
 
-FAST_BACKENDS = [name for name in lazyjit.BACKENDS if name != "inductor"]
+# Inductor compilations take seconds each; "auto" moves hot programs to inductor.
+FAST_BACKENDS = [name for name in lazyjit.BACKENDS if name not in ("inductor", "auto")]
 ALL_BACKENDS = list(lazyjit.BACKENDS)
+# Backends whose programs are (at first) TorchScript traces.
+TORCHSCRIPT_BACKENDS = {"torchscript", "auto"}
 
 ELBOS = {
     "trace": (Trace_ELBO, JitTrace_ELBO),
@@ -470,6 +474,12 @@ def model_and_guide(program: Program):
 # ---------------------------------------------------------------------------- the check
 
 
+def unused_random_draws(program: Program) -> bool:
+    """Whether the program draws random numbers it never uses: the subsample indices of a
+    "group" plate that no site enters."""
+    return bool(program.group_subsample) and not any("group" in s.plates for s in program.sites)
+
+
 def take_grads() -> dict[str, torch.Tensor]:
     """The ``.grad`` of every param (zeros where it has none); clears them."""
     grads = {}
@@ -536,6 +546,11 @@ def check_elbo(program: Program, elbo: str, backend: str) -> None:
 
 
 def check(program: Program, backend: str) -> None:
+    if backend in TORCHSCRIPT_BACKENDS and unused_random_draws(program):
+        # Known issue (docs/reliability.md): torch.jit.trace drops a random op whose
+        # result is unused, so the program draws fewer numbers than eager Pyro.
+        event("skipped: torchscript drops the draw of an unused subsampled plate")
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LazyJitWarning)
         # Pyro's distributions make tensor constants; TorchScript says so on every compile.

@@ -36,7 +36,7 @@ def fx_for_inductor(monkeypatch):
     monkeypatch.setattr(
         lazyjit.backends,
         "inductor_compile",
-        lambda graph_module, inputs, grad: graph_module.forward,
+        lambda graph_module, inputs, grad, config=None: graph_module.forward,
     )
 
 
