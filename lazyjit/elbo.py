@@ -123,19 +123,25 @@ def _accumulate(grads: Gradients, args: tuple, kwargs: dict, retain_graph: bool 
         torch.autograd.backward(*zip(*pairs), retain_graph=retain_graph)
 
 
-def _surrogate_elbo_particle(model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+def _surrogate_elbo_particle(
+    model_trace: Trace, guide_trace: Trace, model_log_prob: torch.Tensor
+) -> torch.Tensor:
     """Tensor-only surrogate ELBO of one particle.
 
     The surrogate half of ``Trace_ELBO._differentiable_loss_particle``, whose ELBO half
-    calls ``.item()``, which would bake one value into a compiled program.
+    calls ``.item()``, which would bake one value into a compiled program. It reuses the
+    sums the ELBO half computed (``model_log_prob``, each reparameterized site's
+    ``log_prob_sum``): every op saved is saved at each call of the compiled program.
     """
-    surrogate = model_trace.log_prob_sum()
+    surrogate = model_log_prob
     log_r = None
     for site in guide_trace.nodes.values():
         if site["type"] != "sample":
             continue
-        _, score_function, entropy = site["score_parts"]
-        if not is_identically_zero(entropy):
+        log_prob, score_function, entropy = site["score_parts"]
+        if entropy is log_prob:
+            surrogate = surrogate - site["log_prob_sum"]
+        elif not is_identically_zero(entropy):
             surrogate = surrogate - entropy.sum()
         if not is_identically_zero(score_function):
             if log_r is None:
@@ -165,9 +171,10 @@ class JitTrace_ELBO(_LazyJitELBO, Trace_ELBO):
     def _surrogate_and_loss(self, model, guide, args, kwargs):
         loss = surrogate_loss = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            elbo = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+            model_log_prob = model_trace.log_prob_sum()
+            elbo = model_log_prob - guide_trace.log_prob_sum()
             loss = loss - elbo / self.num_particles
-            surrogate_elbo = _surrogate_elbo_particle(model_trace, guide_trace)
+            surrogate_elbo = _surrogate_elbo_particle(model_trace, guide_trace, model_log_prob)
             surrogate_loss = surrogate_loss - surrogate_elbo / self.num_particles
         return surrogate_loss, loss
 

@@ -100,7 +100,8 @@ class CompiledPotential:
         # taken w.r.t.) exactly these inputs, whatever the caller's tensors are.
         inputs = {name: value.detach().requires_grad_() for name, value in z.items()}
         energy, grads = self.compiled.value_and_grad(inputs)
-        return energy, grads.args[0]
+        # The call's only tensors are the dict's values, in its order.
+        return energy, dict(zip(inputs, grads.leaves))
 
     def __call__(self, z: dict[str, torch.Tensor]) -> torch.Tensor:
         """The potential energy at ``z``.
