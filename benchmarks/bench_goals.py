@@ -30,56 +30,33 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoDiagonalNormal
 from pyro.optim import Adam
 
 import lazyjit
 from lazyjit import examples
-from lazyjit.backends import compiles_started, wait_for_compiles
-from lazyjit.demo import gaussian_contenders, hmm_contenders
+from lazyjit.backends import wait_for_compiles
+from lazyjit.bench import settle, steady
+from lazyjit.demo import (
+    fused_svi,
+    gaussian_contenders,
+    hmm_contenders,
+    numpyro_svi,
+    nuts_kernels,
+    run_nuts,
+)
 from lazyjit.timing import Step, compare, table
-
-sys.path.insert(0, os.path.dirname(__file__))
-import bench_nuts  # noqa: E402 - a sibling script
 
 # (goal, target ratio, measured ratio, what the ratio compares)
 Goal = tuple[str, float, float, str]
 AUTO = "lazyjit JitTrace_ELBO (auto)"
-
-
-def steady(setup: Callable[[], Step], seconds: float) -> Callable[[], Step]:
-    """``setup``, stepped for ``seconds`` (past auto's hot rule), then until a step starts
-    no background compile: the contender's steady state."""
-
-    def warmed() -> Step:
-        step = setup()
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            step()
-        settle(step)
-        return step
-
-    return warmed
-
-
-def settle(step: Step) -> None:
-    """Steps until a step starts no background compile, each waited for (a hot lane
-    waits for the compile in flight before it starts its own)."""
-    while True:
-        started = compiles_started()
-        wait_for_compiles()
-        step()
-        if compiles_started() == started and wait_for_compiles():
-            return
 
 
 def pyro_floor(data: torch.Tensor) -> Step:
@@ -98,40 +75,6 @@ def pyro_floor(data: torch.Tensor) -> Step:
 
     svi = pyro.infer.SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), PrecomputedLoss())
     return lambda: svi.step(data)
-
-
-def fused_svi(data: torch.Tensor) -> Step:
-    guide = AutoDiagonalNormal(examples.gaussian_model)
-    guide(data)
-    elbo = lazyjit.JitTrace_ELBO(ignore_jit_warnings=True)
-    svi = lazyjit.SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), elbo)
-    return lambda: svi.step(data)
-
-
-def numpyro_svi(data: torch.Tensor) -> Step:
-    """NumPyro's ``svi.update`` under ``jax.jit``, the same model, guide and optimizer."""
-    import jax
-    import numpyro
-    import numpyro.distributions as ndist
-    from numpyro.infer import SVI, Trace_ELBO
-    from numpyro.infer.autoguide import AutoDiagonalNormal as NumPyroAutoDiagonalNormal
-
-    def model(data):
-        loc = numpyro.sample("loc", ndist.Normal(0.0, 10.0))
-        scale = numpyro.sample("scale", ndist.LogNormal(0.0, 3.0))
-        with numpyro.plate("data", data.shape[0]):
-            numpyro.sample("obs", ndist.Normal(loc, scale), obs=data)
-
-    values = jax.numpy.asarray(data.numpy())
-    svi = SVI(model, NumPyroAutoDiagonalNormal(model), numpyro.optim.Adam(0.01), Trace_ELBO())
-    state = [svi.init(jax.random.PRNGKey(0), values)]
-    update = jax.jit(svi.update)
-
-    def step() -> float:
-        state[0], loss = update(state[0], values)
-        return float(loss)  # a Python float, as Pyro's step returns
-
-    return step
 
 
 def svi_section(quick: bool) -> tuple[str, list[Goal]]:
@@ -266,7 +209,7 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
 
 def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
     n, repeats = (100, 1) if quick else (500, 2)
-    contending = bench_nuts.contenders(["auto", "inductor"])
+    contending = nuts_kernels(["auto", "inductor"])
     del contending["Pyro eager"]
     workloads = {
         "seed Gaussian": (examples.gaussian_model, (examples.gaussian_data(100),)),
@@ -285,7 +228,7 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
         steps: dict[str, int] = {}
         for _ in range(repeats):
             for name, (kernel_factory, _) in contending.items():
-                wall, steps[name] = bench_nuts.run_nuts(kernel_factory, model, args, n)
+                wall, steps[name] = run_nuts(kernel_factory, model, args, n)
                 walls[name].append(wall)
                 wait_for_compiles()  # a compile the run started must not slow the next
         med = {name: statistics.median(v) for name, v in walls.items()}
@@ -298,23 +241,12 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
     return "\n".join(lines), goals
 
 
-def chain_model(size: int) -> Callable[[], None]:
-    """A model with ``size`` sample sites, each depending on the one before."""
-
-    def model() -> None:
-        x = pyro.sample("x_0", dist.Normal(0.0, 1.0))
-        for i in range(1, size):
-            x = pyro.sample(f"x_{i}", dist.Normal(x, 1.0))
-
-    return model
-
-
 def compile_section(quick: bool) -> tuple[str, list[Goal]]:
     sizes = [10, 100, 1000]
     backends = ["torchscript", "aten", "inductor", "auto"]
     seconds: dict[str, dict[int, float]] = {b: {} for b in backends}
     for size in sizes:
-        model = chain_model(size)
+        model = examples.chain_model(size)
         for backend in backends:
             if quick and backend == "inductor" and size == 1000:
                 continue

@@ -21,107 +21,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import pyro
-import pyro.infer.mcmc as pyro_mcmc
-import pyro.ops.integrator
 import torch
-from pyro.infer import MCMC
-from pyro.infer.mcmc.util import initialize_model
-from pyro.ops.integrator import potential_grad
 
 import lazyjit
 from lazyjit import examples
-
-# Each contender: (kernel factory, potential+gradient factory for the isolated timing).
-Contender = tuple[Callable[[Callable], object], Callable[[Callable, tuple], Callable]]
-
-
-def _pyro_grad(jit: bool) -> Callable[[Callable, tuple], Callable]:
-    def make(model: Callable, args: tuple) -> Callable:
-        z, potential, _, _ = initialize_model(model, args, jit_compile=jit, skip_jit_warnings=True)
-        return lambda: potential_grad(potential, z)
-
-    return make
-
-
-def _lazyjit_grad(backend: str) -> Callable[[Callable, tuple], Callable]:
-    def make(model: Callable, args: tuple) -> Callable:
-        potential = lazyjit.potential_fn(model, args, backend=backend, ignore_jit_warnings=True)
-        z = potential.initial_params
-        return lambda: potential.value_and_grad(z)
-
-    return make
-
-
-def contenders(backends: list[str]) -> dict[str, Contender]:
-    result: dict[str, Contender] = {
-        "Pyro eager": (lambda m: pyro_mcmc.NUTS(m), _pyro_grad(False)),
-        "Pyro jit": (
-            lambda m: pyro_mcmc.NUTS(m, jit_compile=True, ignore_jit_warnings=True),
-            _pyro_grad(True),
-        ),
-    }
-    for backend in backends:
-        result[f"lazyjit ({backend})"] = (
-            lambda m, b=backend: lazyjit.NUTS(
-                m, jit_compile=True, ignore_jit_warnings=True, backend=b
-            ),
-            _lazyjit_grad(backend),
-        )
-    return result
-
-
-class _StepCounter:
-    """Counts leapfrog steps: ``velocity_verlet`` looks ``_single_step_verlet`` up in its
-    module on every step, whichever kernel runs."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._original = pyro.ops.integrator._single_step_verlet
-
-    def __enter__(self) -> _StepCounter:
-        def counted(*args, **kwargs):
-            self.count += 1
-            return self._original(*args, **kwargs)
-
-        pyro.ops.integrator._single_step_verlet = counted
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pyro.ops.integrator._single_step_verlet = self._original
-
-
-def run_nuts(kernel_factory: Callable, model: Callable, args: tuple, n: int) -> tuple[float, int]:
-    pyro.set_rng_seed(1)
-    kernel = kernel_factory(model)
-    with _StepCounter() as counter:
-        start = time.perf_counter()
-        MCMC(kernel, num_samples=n, warmup_steps=n, disable_progbar=True).run(*args)
-        wall = time.perf_counter() - start
-    return wall, counter.count
-
-
-def time_grad(make: Callable, model: Callable, args: tuple, calls: int) -> tuple[float, float]:
-    """(seconds of the first evaluation minus a steady one, median steady seconds)."""
-    pyro.set_rng_seed(0)
-    grad = make(model, args)
-    start = time.perf_counter()
-    grad()
-    first = time.perf_counter() - start
-    for _ in range(20):  # TorchScript's profiling executor optimizes over the first runs
-        grad()
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            grad()
-        samples.append((time.perf_counter() - start) / calls)
-    steady = statistics.median(samples)
-    return first - steady, steady
+from lazyjit.demo import nuts_kernels, run_nuts, time_grad
 
 
 def bench(
@@ -132,7 +40,7 @@ def bench(
     repeats: int,
     backends: list[str],
 ) -> str:
-    contending = contenders(backends)
+    contending = nuts_kernels(backends)
     walls: dict[str, list[float]] = {name: [] for name in contending}
     grads: dict[str, list[float]] = {name: [] for name in contending}
     compiles: dict[str, list[float]] = {name: [] for name in contending}

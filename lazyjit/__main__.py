@@ -1,20 +1,51 @@
-"""Command line: ``python -m lazyjit demo [--quick]``."""
+"""Command line: ``python -m lazyjit demo [--quick]`` and ``python -m lazyjit bench``."""
 
 import argparse
 
-from . import demo
-
 
 def main() -> None:
+    """Parses the command line and runs the subcommand."""
     parser = argparse.ArgumentParser(prog="python -m lazyjit")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser(
         "demo", help="eager Pyro, Pyro's jit and lazyjit side by side"
     )
     demo_parser.add_argument("--quick", action="store_true", help="fewer steps, for a smoke run")
+    bench_parser = commands.add_parser(
+        "bench",
+        help="every contender side by side, one process each: tables, JSON and a chart",
+        description="Benchmarks Pyro eager, Pyro's jit, every lazyjit backend and NumPyro "
+        "(when installed) on SVI, the HMM, NUTS and a scaling sweep; see docs/benchmarks.md.",
+    )
+    bench_parser.add_argument(
+        "--quick", action="store_true", help="a reduced run (under two minutes), for CI smoke use"
+    )
+    bench_parser.add_argument(
+        "--out",
+        help="directory for RESULTS.md, results.json and speedups.png (default: benchmarks/ "
+        "for a full run, a new temporary directory with --quick or --only)",
+    )
+    bench_parser.add_argument(
+        "--only",
+        help="comma-separated workloads or groups (svi, hmm, nuts, scaling, sites-10, ...)",
+    )
+    bench_parser.add_argument(
+        "--repeats", type=int, help="rounds per contender (default per workload)"
+    )
     args = parser.parse_args()
     if args.command == "demo":
+        from . import demo
+
         demo.main(quick=args.quick)
+    else:
+        from . import bench
+
+        if args.repeats is not None and args.repeats < 1:
+            parser.error("--repeats must be at least 1")
+        try:
+            bench.run(quick=args.quick, out=args.out, only=args.only, repeats=args.repeats)
+        except ValueError as e:  # an unknown workload in --only
+            parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ means writing a :class:`Backend` subclass here and registering it in ``BACKENDS`
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import copy
@@ -919,6 +920,14 @@ class _CompilerThread:
 
 
 _COMPILER = _CompilerThread()
+
+
+@atexit.register
+def _finish_compiles() -> None:
+    # A daemon thread still inside inductor when the interpreter finalizes can take the
+    # process down with it ("terminate called without an active exception", exit code
+    # 134, seen in test runs): let the compile in flight end first, within reason.
+    _COMPILER.wait(timeout=60)
 
 
 def wait_for_compiles(timeout: float | None = None) -> bool:

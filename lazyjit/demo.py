@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 import warnings
+from collections.abc import Callable
 
 import pyro
 import pyro.infer
+import pyro.infer.mcmc as pyro_mcmc
+import pyro.ops.integrator
 import pyro.ops.jit
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDiagonalNormal
+from pyro.infer.mcmc.util import initialize_model
 from pyro.optim import Adam
 
 from . import examples
 from .elbo import JitTrace_ELBO, JitTraceEnum_ELBO
 from .jit import trace
-from .mcmc import NUTS
-from .timing import compare, table
+from .mcmc import NUTS, potential_fn
+from .svi import SVI
+from .timing import Step, compare, table
 
 
 def log_prob_rows(steps: int) -> str:
@@ -118,6 +125,135 @@ def nuts_contenders(backends: list[str], num_samples: int) -> dict:
             lambda: NUTS(model, jit_compile=True, ignore_jit_warnings=True, backend=b)
         )
     return contenders
+
+
+def fused_svi(data: torch.Tensor) -> Step:
+    """``lazyjit.SVI`` (loss, gradients and Adam in one graph) on the tutorial Gaussian
+    model with ``AutoDiagonalNormal``; its first steps capture, inductor compiles later."""
+    guide = AutoDiagonalNormal(examples.gaussian_model)
+    guide(data)
+    elbo = JitTrace_ELBO(ignore_jit_warnings=True)
+    svi = SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), elbo)
+    return lambda: svi.step(data)
+
+
+def numpyro_svi(data: torch.Tensor) -> Step:
+    """NumPyro's ``svi.update`` under ``jax.jit``, the same model, guide and optimizer."""
+    import jax
+    import numpyro
+    from numpyro.infer import SVI as NumPyroSVI
+    from numpyro.infer import Trace_ELBO as NumPyroTrace_ELBO
+    from numpyro.infer.autoguide import AutoDiagonalNormal as NumPyroAutoDiagonalNormal
+
+    model = examples.numpyro_gaussian_model
+    values = jax.numpy.asarray(data.numpy())
+    svi = NumPyroSVI(
+        model, NumPyroAutoDiagonalNormal(model), numpyro.optim.Adam(0.01), NumPyroTrace_ELBO()
+    )
+    state = [svi.init(jax.random.PRNGKey(0), values)]
+    update = jax.jit(svi.update)
+
+    def step() -> float:
+        state[0], loss = update(state[0], values)
+        return float(loss)  # a Python float, as Pyro's step returns
+
+    return step
+
+
+# A NUTS contender: (kernel factory, potential+gradient factory for the isolated timing).
+NutsContender = tuple[Callable[[Callable], object], Callable[[Callable, tuple], Step]]
+
+
+def pyro_potential_grad(jit: bool) -> Callable[[Callable, tuple], Step]:
+    """A factory of Pyro's potential+gradient evaluation of ``model(*args)``, as its
+    HMC/NUTS integrator calls it (``jit``: ``jit_compile=True``)."""
+
+    def make(model: Callable, args: tuple) -> Step:
+        z, potential, _, _ = initialize_model(model, args, jit_compile=jit, skip_jit_warnings=True)
+        return lambda: pyro.ops.integrator.potential_grad(potential, z)
+
+    return make
+
+
+def lazyjit_potential_grad(backend: str) -> Callable[[Callable, tuple], Step]:
+    """A factory of lazyjit's compiled potential+gradient of ``model(*args)``."""
+
+    def make(model: Callable, args: tuple) -> Step:
+        potential = potential_fn(model, args, backend=backend, ignore_jit_warnings=True)
+        z = potential.initial_params
+        return lambda: potential.value_and_grad(z)
+
+    return make
+
+
+def nuts_kernels(backends: list[str]) -> dict[str, NutsContender]:
+    """NUTS contenders: Pyro eager, Pyro ``jit_compile=True`` and lazyjit
+    ``jit_compile=True`` with each of ``backends``."""
+    result: dict[str, NutsContender] = {
+        "Pyro eager": (lambda m: pyro_mcmc.NUTS(m), pyro_potential_grad(False)),
+        "Pyro jit": (
+            lambda m: pyro_mcmc.NUTS(m, jit_compile=True, ignore_jit_warnings=True),
+            pyro_potential_grad(True),
+        ),
+    }
+    for backend in backends:
+        result[f"lazyjit ({backend})"] = (
+            lambda m, b=backend: NUTS(m, jit_compile=True, ignore_jit_warnings=True, backend=b),
+            lazyjit_potential_grad(backend),
+        )
+    return result
+
+
+class LeapfrogCounter:
+    """Counts leapfrog steps (one potential+gradient evaluation each): ``velocity_verlet``
+    looks ``_single_step_verlet`` up in its module on every step, whichever kernel runs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._original = pyro.ops.integrator._single_step_verlet
+
+    def __enter__(self) -> LeapfrogCounter:
+        def counted(*args, **kwargs):
+            self.count += 1
+            return self._original(*args, **kwargs)
+
+        pyro.ops.integrator._single_step_verlet = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pyro.ops.integrator._single_step_verlet = self._original
+
+
+def run_nuts(kernel_factory: Callable, model: Callable, args: tuple, n: int) -> tuple[float, int]:
+    """One ``MCMC.run`` of ``n`` warmup and ``n`` samples from a fresh kernel and seed 1:
+    (wall seconds, kernel setup and compilation included; leapfrog steps)."""
+    pyro.set_rng_seed(1)
+    kernel = kernel_factory(model)
+    with LeapfrogCounter() as counter:
+        start = time.perf_counter()
+        pyro.infer.MCMC(kernel, num_samples=n, warmup_steps=n, disable_progbar=True).run(*args)
+        wall = time.perf_counter() - start
+    return wall, counter.count
+
+
+def time_grad(make: Callable, model: Callable, args: tuple, calls: int) -> tuple[float, float]:
+    """(seconds of the first evaluation minus a steady one, median steady seconds) of the
+    evaluation that ``make(model, args)`` returns."""
+    pyro.set_rng_seed(0)
+    grad = make(model, args)
+    start = time.perf_counter()
+    grad()
+    first = time.perf_counter() - start
+    for _ in range(20):  # TorchScript's profiling executor optimizes over the first runs
+        grad()
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            grad()
+        samples.append((time.perf_counter() - start) / calls)
+    steady = statistics.median(samples)
+    return first - steady, steady
 
 
 def main(quick: bool = False) -> None:

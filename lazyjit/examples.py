@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -32,6 +34,17 @@ def gaussian_model(data: torch.Tensor) -> None:
 def gaussian_data(n: int = 100) -> torch.Tensor:
     """Data for :func:`gaussian_model`, as in the tutorial."""
     return dist.Normal(0.5, 2.0).sample((n,))
+
+
+def numpyro_gaussian_model(data) -> None:
+    """:func:`gaussian_model` written for NumPyro (``data``: a JAX or NumPy array)."""
+    import numpyro
+    import numpyro.distributions as ndist
+
+    loc = numpyro.sample("loc", ndist.Normal(0.0, 10.0))
+    scale = numpyro.sample("scale", ndist.LogNormal(0.0, 3.0))
+    with numpyro.plate("data", data.shape[0]):
+        numpyro.sample("obs", ndist.Normal(loc, scale), obs=data)
 
 
 def hmm_model(sequence: torch.Tensor, num_sequences: int, length: int, state_dim: int = 16) -> None:
@@ -71,3 +84,26 @@ def logistic_data(n: int = 1000, dim: int = 5) -> tuple[torch.Tensor, torch.Tens
     x = torch.randn(n, dim)
     y = dist.Bernoulli(logits=x @ torch.linspace(-1.0, 1.0, dim) + 0.5).sample()
     return x, y
+
+
+def numpyro_logistic_model(x, y) -> None:
+    """:func:`logistic_model` written for NumPyro (``x``, ``y``: JAX or NumPy arrays)."""
+    import numpyro
+    import numpyro.distributions as ndist
+
+    coefs = numpyro.sample("coefs", ndist.Normal(0.0, 1.0).expand([x.shape[1]]).to_event(1))
+    bias = numpyro.sample("bias", ndist.Normal(0.0, 10.0))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("obs", ndist.Bernoulli(logits=x @ coefs + bias), obs=y)
+
+
+def chain_model(size: int) -> Callable[[], None]:
+    """A model with ``size`` sample sites, each depending on the one before: model size
+    without data, for compile time against the number of sites."""
+
+    def model() -> None:
+        x = pyro.sample("x_0", dist.Normal(0.0, 1.0))
+        for i in range(1, size):
+            x = pyro.sample(f"x_{i}", dist.Normal(x, 1.0))
+
+    return model

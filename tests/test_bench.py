@@ -1,0 +1,133 @@
+"""The benchmark harness (``python -m lazyjit bench``): worker processes, rounds that
+alternate, failures as rows, and the reports. No assertion is about speed."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lazyjit import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# Contender setups run in spawned workers, which import them from this module by name.
+def sleeper(seconds: float):
+    return functools.partial(time.sleep, seconds)
+
+
+def broken():
+    raise RuntimeError("this contender cannot run here")
+
+
+def dies():
+    os._exit(3)
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """A tiny workload of trivial contenders, run once for the tests below."""
+    workload = bench.Workload(
+        name="fake",
+        group="fake",
+        title="Sleeping contenders",
+        unit="step",
+        steps=3,
+        repeats=3,
+        baseline="fast",
+        contenders=(
+            bench.Contender("fast", "kind A", functools.partial(sleeper, 0.001)),
+            bench.Contender("slow", "kind B", functools.partial(sleeper, 0.004)),
+            bench.Contender("broken", "kind C", broken),
+            bench.Contender("dies", "kind D", dies),
+        ),
+        notes=("a note on what was left out",),
+    )
+    lines = []
+    rows = bench.run_workload(workload, log=lines.append)
+    return workload, rows, lines
+
+
+def test_rounds_alternate(fake):
+    _, rows, lines = fake
+    fast, slow = rows[0], rows[1]
+    assert fast.ok and slow.ok
+    assert len(fast.rounds_s) == len(slow.rounds_s) == 3
+    started = sorted(
+        [(t, "fast") for t in fast.round_started] + [(t, "slow") for t in slow.round_started]
+    )
+    assert [name for _, name in started] == ["fast", "slow"] * 3
+    assert fast.first_s > 0 and fast.peak_rss_mb > 0
+    assert sum("round" in line for line in lines) == 3
+
+
+def test_failures_are_rows(fake):
+    _, rows, lines = fake
+    broken_row, dead_row = rows[2], rows[3]
+    assert not broken_row.ok and "RuntimeError: this contender cannot run here" in broken_row.error
+    assert "Traceback" in broken_row.traceback
+    assert not dead_row.ok and "exit code 3" in dead_row.error
+    assert any("broken: FAILED" in line for line in lines)
+
+
+def test_ratio_to_the_named_baseline(fake):
+    workload, rows, _ = fake
+    fast, slow = rows[0], rows[1]
+    assert bench.ratio(rows, slow, "fast") == pytest.approx(slow.median_s / fast.median_s)
+    assert bench.ratio(rows, fast, "fast") == 1.0
+    assert bench.ratio(rows, rows[2], "fast") is None
+    assert bench.ratio(rows, fast, "broken") is None
+
+
+def test_reports_name_every_contender(fake):
+    workload, rows, _ = fake
+    results = [(workload, rows)]
+    meta = bench.machine()
+    data = json.loads(json.dumps(bench.to_json(meta, results)))
+    entries = data["workloads"][0]["contenders"]
+    assert [e["name"] for e in entries] == ["fast", "slow", "broken", "dies"]
+    assert entries[1]["rounds_s"] == rows[1].rounds_s
+    assert entries[1]["ratio_to_baseline"] == pytest.approx(rows[1].median_s / rows[0].median_s)
+    assert entries[2]["error"] and entries[2]["median_s"] is None
+    text = bench.report(meta, results, with_chart=False)
+    for name in ("fast", "slow", "broken", "dies", "a note on what was left out"):
+        assert name in text
+    assert "failed: RuntimeError" in text
+    assert f"torch {meta['torch']}" in text and meta["date"] in text
+
+
+def test_select():
+    workloads = bench.workloads(quick=True)
+    assert [w.name for w in bench.select(workloads, "nuts")] == ["nuts-gaussian", "nuts-logistic"]
+    assert [w.name for w in bench.select(workloads, "svi-gaussian,sites-10")] == [
+        "svi-gaussian",
+        "sites-10",
+    ]
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.select(workloads, "nothing")
+
+
+def test_quick_run_of_one_workload(tmp_path):
+    """The command line end to end, on the smallest real workload."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lazyjit", "bench", "--quick", "--only", "sites-10"]
+        + ["--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((tmp_path / "results.json").read_text())
+    (workload,) = data["workloads"]
+    names = [entry["name"] for entry in workload["contenders"]]
+    assert names == ["Pyro jit", "lazyjit (torchscript)"]
+    assert all(entry["error"] is None for entry in workload["contenders"])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert all(name in text for name in names)
+    assert "[sites-10] Pyro jit: first call" in result.stdout
