@@ -873,8 +873,8 @@ def _prepare_inductor_for_threads() -> None:
 
 
 class _CompilerThread:
-    """One daemon thread running background compiles in turn. A daemon, so that a
-    compile still running when the program ends is dropped rather than waited for."""
+    """One daemon thread running background compiles in turn. A daemon, so that it never
+    keeps a program alive; at exit, the compile in flight gets a minute to finish."""
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
