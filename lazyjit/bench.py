@@ -42,7 +42,7 @@ import torch
 from . import demo, examples
 from .backends import BACKENDS, compiles_started, wait_for_compiles
 from .errors import LazyJitWarning
-from .timing import Step
+from .timing import Step, spread
 
 # Every lazyjit backend that compiles (``eager`` is Pyro's eager code with lazyjit's
 # plumbing: the "Pyro eager" rows cover it).
@@ -166,7 +166,7 @@ class Row:
     @property
     def spread(self) -> float:
         """(max - min) / median of the rounds."""
-        return (max(self.rounds_s) - min(self.rounds_s)) / self.median_s
+        return spread(self.rounds_s)
 
 
 def ratio(rows: Sequence[Row], row: Row, baseline: str) -> float | None:

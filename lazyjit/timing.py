@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Step = Callable[[], object]
@@ -29,7 +29,12 @@ class Result:
     @property
     def spread(self) -> float:
         """(max - min) / median of the per-step repeats."""
-        return (max(self.step_s) - min(self.step_s)) / self.median_s
+        return spread(self.step_s)
+
+
+def spread(samples: Sequence[float]) -> float:
+    """(max - min) / median of repeated timings: how far one figure can be trusted."""
+    return (max(samples) - min(samples)) / statistics.median(samples)
 
 
 def compare(
