@@ -645,8 +645,8 @@ def _sweep_workload(sweep: str, size: int, quick: bool) -> Workload:
 def workloads(quick: bool = False) -> list[Workload]:
     """Every workload of the full run, or of ``--quick`` (fewer steps, repeats, sizes and
     contenders: under two minutes on a 2-core machine)."""
-    sites = [10, 100] if quick else [10, 100, 1000]
-    points = [10**2, 10**4] if quick else [10**2, 10**4, 10**6]
+    sites = [10] if quick else [10, 100, 1000]
+    points = [10**2] if quick else [10**2, 10**4, 10**6]
     return [
         _svi_workload(quick),
         _hmm_workload(quick),
