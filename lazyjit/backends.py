@@ -62,35 +62,23 @@ class Program:
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
         """Outputs, and the gradient of output 0 (a scalar) w.r.t. ``inputs[i]`` for
         each ``i`` in ``wrt`` (zeros where it does not depend on that input)."""
-        # This runs at every SVI step and leapfrog step, where Pyro's jit runs little more
-        # than the program and autograd: it avoids work (and generator expressions) in the
-        # common case (params already require grad, grad mode on, every gradient defined).
+        # This runs at every SVI step and leapfrog step: it avoids work in the common
+        # case (params already require grad, grad mode on, every gradient defined).
+        if not all(inputs[i].requires_grad for i in wrt):
+            inputs = list(inputs)
+            for i in wrt:
+                if not inputs[i].requires_grad:
+                    inputs[i] = inputs[i].detach().requires_grad_()
         targets = [inputs[i] for i in wrt]
-        for t in targets:
-            if not t.requires_grad:
-                inputs = list(inputs)
-                for i in wrt:
-                    if not inputs[i].requires_grad:
-                        inputs[i] = inputs[i].detach().requires_grad_()
-                targets = [inputs[i] for i in wrt]
-                break
-        if torch.is_grad_enabled():
+        with torch.enable_grad():
             outputs = self(*inputs)
-            grads = self._grads(outputs[0], targets)
-        else:
-            with torch.enable_grad():
-                outputs = self(*inputs)
-                grads = self._grads(outputs[0], targets)
-        return tuple([o.detach() if o.requires_grad else o for o in outputs]), grads
-
-    @staticmethod
-    def _grads(output: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not (targets and output.requires_grad):
-            return [torch.zeros_like(t) for t in targets]
-        grads = list(torch.autograd.grad(output, targets, allow_unused=True))
-        if any(g is None for g in grads):  # not `None in grads`: that calls Tensor.__eq__
+            if targets and outputs[0].requires_grad:
+                grads = list(torch.autograd.grad(outputs[0], targets, allow_unused=True))
+            else:
+                grads = [None] * len(targets)
+        if any(g is None for g in grads):
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
-        return grads
+        return tuple(o.detach() if o.requires_grad else o for o in outputs), grads
 
 
 class Backend:

@@ -92,6 +92,20 @@ def assert_value_and_grad_match_eager(compiled, fn, *args, seed):
     assert after == torch.rand(())  # the same random numbers were drawn
 
 
+def assert_elbo_step_matches_pyro(lazy, guide, data, seed):
+    """``lazy.loss_and_grads`` gives Pyro ``Trace_ELBO``'s loss and param gradients on
+    the tutorial Gaussian model from the same seed."""
+    results = []
+    for elbo in [lazy, Trace_ELBO()]:
+        for p in guide.parameters():
+            p.grad = None
+        torch.manual_seed(seed)
+        loss = elbo.loss_and_grads(gaussian_model, guide, data)
+        results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert_close(results[0][1], results[1][1])
+
+
 def test_auto_is_the_default():
     assert lazyjit.trace(scale_log_prob).backend.name == "auto"
     assert lazyjit.JitTrace_ELBO().compiled_fn.backend.name == "auto"
@@ -272,15 +286,7 @@ def test_elbo_with_auto_matches_pyro_across_the_switch(hot_after, fx_for_inducto
         if step == 3:
             assert wait_for_compiles(timeout=60)
             assert program_of(lazy.compiled_fn).lanes["value_and_grad"].tier == "inductor"
-        results = []
-        for elbo in [lazy, Trace_ELBO()]:
-            for p in guide.parameters():
-                p.grad = None
-            torch.manual_seed(step)
-            loss = elbo.loss_and_grads(gaussian_model, guide, data)
-            results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
-        assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-        assert_close(results[0][1], results[1][1])
+        assert_elbo_step_matches_pyro(lazy, guide, data, seed=step)
 
 
 # Inductor for real. One case in the default run: the background compile must leave the
@@ -318,15 +324,7 @@ def test_elbo_tiers_up_to_inductor_and_matches_pyro(hot_after):
     assert wait_for_compiles(timeout=600)
     assert program_of(lazy.compiled_fn).lanes["value_and_grad"].tier == "inductor"
     for seed in range(3):
-        results = []
-        for elbo in [lazy, Trace_ELBO()]:
-            for p in guide.parameters():
-                p.grad = None
-            torch.manual_seed(seed)
-            loss = elbo.loss_and_grads(gaussian_model, guide, data)
-            results.append((loss, {n: p.grad.clone() for n, p in guide.named_parameters()}))
-        assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-        assert_close(results[0][1], results[1][1])
+        assert_elbo_step_matches_pyro(lazy, guide, data, seed=seed)
 
 
 @SLOW
