@@ -14,6 +14,7 @@ import functools
 import linecache
 import logging
 import math
+import operator
 import os
 import queue
 import re
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from pyro import validation_enabled
 from torch.fx import GraphModule
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, has_torch_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -62,23 +63,56 @@ class Program:
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
         """Outputs, and the gradient of output 0 (a scalar) w.r.t. ``inputs[i]`` for
         each ``i`` in ``wrt`` (zeros where it does not depend on that input)."""
-        # This runs at every SVI step and leapfrog step: it avoids work in the common
-        # case (params already require grad, grad mode on, every gradient defined).
-        if not all(inputs[i].requires_grad for i in wrt):
+        # This runs at every SVI step and leapfrog step, right after the program has
+        # evicted Python's working set from the CPU caches: every frame and object touched
+        # here costs far more than in a microbenchmark. Hence C-level map/attrgetter and
+        # recursion for the rare cases instead of generator expressions.
+        if not torch.is_grad_enabled():
+            with torch.enable_grad():
+                return self.value_and_grad(inputs, wrt)
+        targets = [inputs[i] for i in wrt]
+        if not all(map(_REQUIRES_GRAD, targets)):
             inputs = list(inputs)
             for i in wrt:
                 if not inputs[i].requires_grad:
                     inputs[i] = inputs[i].detach().requires_grad_()
-        targets = [inputs[i] for i in wrt]
-        with torch.enable_grad():
-            outputs = self(*inputs)
-            if targets and outputs[0].requires_grad:
-                grads = list(torch.autograd.grad(outputs[0], targets, allow_unused=True))
-            else:
-                grads = [None] * len(targets)
-        if any(g is None for g in grads):
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
-        return tuple(o.detach() if o.requires_grad else o for o in outputs), grads
+            return self.value_and_grad(inputs, wrt)
+        outputs = self(*inputs)
+        if targets and outputs[0].requires_grad:
+            grads = _grad(outputs[0], targets)
+        else:
+            grads = [torch.zeros_like(t) for t in targets]
+        return tuple(map(torch.Tensor.detach, outputs)), grads
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+# The autograd engine's entry point, as torch.autograd.grad calls it.
+_run_backward = getattr(
+    getattr(torch.autograd.Variable, "_execution_engine", None), "run_backward", None
+)
+
+
+def _grad(output: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``torch.autograd.grad(output, targets, allow_unused=True, materialize_grads=True)``
+    for a scalar ``output``, without the Python argument handling of ``torch.autograd.grad``.
+
+    That wrapper alone costs about a tenth of a compiled SVI step on a small model (cold
+    caches after the program: see ``benchmarks/bench_svi.py``), which is more than the
+    whole margin to Pyro's jit. Anything unusual (a tensor subclass, a non-scalar output,
+    a torch without this engine entry point) takes the public function.
+    """
+    if _run_backward is None or output.numel() != 1 or has_torch_function((output, *targets)):
+        return list(torch.autograd.grad(output, targets, allow_unused=True, materialize_grads=True))
+    grads = _run_backward(
+        (output,),
+        (torch.ones_like(output),),
+        False,  # keep_graph
+        False,  # create_graph
+        tuple(targets),
+        True,  # allow_unreachable: an unused target gets None, as with allow_unused
+        False,  # accumulate_grad: return the gradients instead of adding them to .grad
+    )
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
 
 
 class Backend:

@@ -42,7 +42,7 @@ import torch
 from . import demo, examples
 from .backends import BACKENDS, compiles_started, wait_for_compiles
 from .errors import LazyJitWarning
-from .timing import Step, spread
+from .timing import Step, format_s, paired_ratio, spread
 
 # Every lazyjit backend that compiles (``eager`` is Pyro's eager code with lazyjit's
 # plumbing: the "Pyro eager" rows cover it).
@@ -170,11 +170,12 @@ class Row:
 
 
 def ratio(rows: Sequence[Row], row: Row, baseline: str) -> float | None:
-    """``row``'s median over ``baseline``'s (below 1: faster); None if either failed."""
+    """``row``'s time per call over ``baseline``'s, paired round by round (below 1:
+    faster); None if either failed."""
     base = next((r for r in rows if r.name == baseline), None)
     if base is None or not base.ok or not row.ok:
         return None
-    return row.median_s / base.median_s
+    return paired_ratio(row.rounds_s, base.rounds_s)
 
 
 # ---------------------------------------------------------------- the worker process
@@ -507,8 +508,8 @@ def _svi_workload(quick: bool) -> Workload:
         "SVI step, seed Gaussian model (100 points, AutoDiagonalNormal, Adam); auto and "
         "lazyjit.SVI in their steady state (their first step as it was)",
         "step",
-        steps=200 if quick else 1000,
-        repeats=2 if quick else 5,
+        steps=100 if quick else 300,
+        repeats=4 if quick else 15,
         baseline="Pyro JitTrace_ELBO",
         contenders=tuple(contenders),
         notes=("--quick: aten and inductor left out (auto runs inductor's code once hot).",)
@@ -662,14 +663,6 @@ def workloads(quick: bool = False) -> list[Workload]:
 
 
 # --------------------------------------------------------------------- the reports
-
-
-def format_s(seconds: float) -> str:
-    """Seconds with a unit that keeps three significant digits readable."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e6:.3g} us"
 
 
 def _cells(values: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 import warnings
@@ -79,7 +80,8 @@ class _Entry:
     param_names: tuple[str, ...]
     # (name, weak ref to the unconstrained tensor, constraint) compiled against.
     param_checks: tuple[tuple[str, weakref.ref, Any], ...]
-    out_spec: TreeSpec
+    # outputs -> what the function returned (see _unflattener)
+    unflatten: Callable[[Sequence[torch.Tensor]], Any]
     grad_leaves: tuple[int, ...]
     wrt: tuple[int, ...]  # program inputs to differentiate: params, then grad_leaves
     flat: Callable[..., tuple[torch.Tensor, ...]]
@@ -98,10 +100,15 @@ class _Entry:
             params.append(param)
         return params
 
-    def unflatten(self, outputs: Sequence[torch.Tensor]) -> Any:
-        if self.out_spec.is_leaf():
-            return outputs[0]
-        return tree_unflatten(list(outputs), self.out_spec)
+
+def _unflattener(spec: TreeSpec) -> Callable[[Sequence[torch.Tensor]], Any]:
+    # A tensor or a flat tuple of tensors (the common cases) must not pay for pytree's
+    # Python code at every call.
+    if spec.is_leaf():
+        return operator.itemgetter(0)
+    if spec.type is tuple and all(child.is_leaf() for child in spec.children()):
+        return tuple
+    return lambda outputs: tree_unflatten(list(outputs), spec)
 
 
 class CompiledFunction:
@@ -166,8 +173,7 @@ class CompiledFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key, leaves, idents = signature(args, kwargs)
         entry, params = self._lookup(key, leaves, idents)
-        inputs = [*params, *leaves]
-        return entry.unflatten(self._run(entry, lambda program: program(*inputs)))
+        return entry.unflatten(self._method(entry, "__call__")(*params, *leaves))
 
     def value_and_grad(self, *args: Any, **kwargs: Any) -> tuple[Any, Gradients]:
         """Calls the function and differentiates its output (or its first output, if it
@@ -179,8 +185,7 @@ class CompiledFunction:
         """
         key, leaves, idents = signature(args, kwargs)
         entry, params = self._lookup(key, leaves, idents)
-        inputs = [*params, *leaves]
-        outputs, grads = self._run(entry, lambda program: program.value_and_grad(inputs, entry.wrt))
+        outputs, grads = self._method(entry, "value_and_grad")([*params, *leaves], entry.wrt)
         num_params = len(params)
         leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
         for i, g in zip(entry.grad_leaves, grads[num_params:]):
@@ -188,33 +193,39 @@ class CompiledFunction:
         gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, key)
         return entry.unflatten(outputs), gradients
 
-    def _run(self, entry: _Entry, call: Callable[[Program], Any]) -> Any:
-        """``call(entry.program)``; while the entry has checks left (``verify``), also
-        ``call`` on the eager program from the same RNG state, and compare."""
+    def _method(self, entry: _Entry, name: str) -> Callable:
+        """``entry.program``'s method ``name``; while the entry has checks left
+        (``verify``), one that also runs the eager program from the same RNG state and
+        compares."""
+        method = getattr(entry.program, name)
         if not entry.checks_left:
-            return call(entry.program)
-        before = torch.get_rng_state()
-        result = call(entry.program)
-        after = torch.get_rng_state()
-        torch.set_rng_state(before)
-        expected = call(Program(entry.flat))
-        torch.set_rng_state(after)
-        entry.checks_left -= 1
-        try:
-            torch.testing.assert_close(
-                tree_flatten(result)[0],
-                tree_flatten(expected)[0],
-                rtol=1e-4,
-                atol=1e-5,
-                equal_nan=True,
-            )
-        except AssertionError as e:
-            raise LazyJitError(
-                f"{self._name}: the {self.backend.name} program disagrees with eager Pyro on "
-                f"the same inputs and seed. Its structure may depend on global state or on "
-                f"tensor values; run it with backend='eager'.\n{e}"
-            ) from None
-        return result
+            return method
+
+        def checked(*args: Any) -> Any:
+            before = torch.get_rng_state()
+            result = method(*args)
+            after = torch.get_rng_state()
+            torch.set_rng_state(before)
+            expected = getattr(Program(entry.flat), name)(*args)
+            torch.set_rng_state(after)
+            entry.checks_left -= 1
+            try:
+                torch.testing.assert_close(
+                    tree_flatten(result)[0],
+                    tree_flatten(expected)[0],
+                    rtol=1e-4,
+                    atol=1e-5,
+                    equal_nan=True,
+                )
+            except AssertionError as e:
+                raise LazyJitError(
+                    f"{self._name}: the {self.backend.name} program disagrees with eager "
+                    "Pyro on the same inputs and seed. Its structure may depend on global "
+                    f"state or on tensor values; run it with backend='eager'.\n{e}"
+                ) from None
+            return result
+
+        return checked
 
     def clear(self) -> None:
         """Drops every compiled entry."""
@@ -292,7 +303,7 @@ class CompiledFunction:
                 (name, weakref.ref(p), _PYRO_PARAM_STORE._constraints[name])
                 for name, p in zip(param_names, params)
             ),
-            out_spec=spec_box[0],
+            unflatten=_unflattener(spec_box[0]),
             grad_leaves=grad_leaves,
             wrt=(*range(len(params)), *(len(params) + i for i in grad_leaves)),
             flat=flat,

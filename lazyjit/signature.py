@@ -33,28 +33,24 @@ _NAMESPACE = "namespace"
 _VALUE_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
 
 
-class IdentityRef:
-    """A key item that compares by object identity and does not keep the object alive."""
+class IdentityRef(int):
+    """A key item that compares by object identity and does not keep the object alive.
 
-    __slots__ = ("ref", "ident", "__weakref__")
+    An ``int`` (the object's id), so hashing and comparing a key runs no Python code.
+    """
 
-    def __init__(self, obj: Any):
-        self.ident = id(obj)
+    def __new__(cls, obj: Any) -> IdentityRef:
+        self = super().__new__(cls, id(obj))
         try:
             self.ref = weakref.ref(obj)
         except TypeError:
             # Not weak-referenceable (rare: some builtins). Holding it is the only
             # way to make sure its id is not reused while the key exists.
             self.ref = lambda obj=obj: obj
-
-    def __hash__(self) -> int:
-        return self.ident
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, IdentityRef) and self.ident == other.ident
+        return self
 
     def __repr__(self) -> str:
-        return f"IdentityRef({type(self.ref()).__name__} at {self.ident:#x})"
+        return f"IdentityRef({type(self.ref()).__name__} at {int(self):#x})"
 
 
 _unhashable_warned: set[type] = set()

@@ -37,6 +37,22 @@ def spread(samples: Sequence[float]) -> float:
     return (max(samples) - min(samples)) / statistics.median(samples)
 
 
+def format_s(seconds: float) -> str:
+    """Seconds with a unit that keeps three significant digits readable."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e6:.3g} us"
+
+
+def paired_ratio(samples: Sequence[float], base: Sequence[float]) -> float:
+    """The median over rounds of ``samples[i] / base[i]``, for contenders timed in
+    alternation: each round's two figures share the machine's state of the moment, so
+    drift and bursts of a noisy machine cancel out of each round's ratio (a ratio of
+    medians keeps them)."""
+    return statistics.median(s / b for s, b in zip(samples, base, strict=True))
+
+
 def compare(
     contenders: dict[str, Callable[[], Step]], steps: int, repeats: int = 3
 ) -> list[Result]:
@@ -59,17 +75,18 @@ def compare(
 
 
 def table(title: str, results: list[Result], baseline: str, unit: str = "call") -> str:
-    """A markdown table; ``ratio`` is each contender's median step over ``baseline``'s."""
-    base = next(r for r in results if r.name == baseline).median_s
+    """A markdown table; ``ratio`` is each contender's step over ``baseline``'s, paired
+    round by round (:func:`paired_ratio`)."""
+    base = next(r for r in results if r.name == baseline).step_s
     lines = [
         f"### {title}",
         "",
-        f"| contender | first {unit} (ms) | per {unit} (us) | spread | ratio to {baseline} |",
+        f"| contender | first {unit} | per {unit} | spread | ratio to {baseline} |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
-            f"| {r.name} | {r.first_s * 1e3:.1f} | {r.median_s * 1e6:.0f} | "
-            f"{r.spread:.0%} | {r.median_s / base:.2f} |"
+            f"| {r.name} | {format_s(r.first_s)} | {format_s(r.median_s)} | "
+            f"{r.spread:.0%} | {paired_ratio(r.step_s, base):.2f} |"
         )
     return "\n".join(lines)

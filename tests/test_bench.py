@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lazyjit import bench
+from lazyjit.timing import paired_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,10 +79,21 @@ def test_failures_are_rows(fake):
 def test_ratio_to_the_named_baseline(fake):
     workload, rows, _ = fake
     fast, slow = rows[0], rows[1]
-    assert bench.ratio(rows, slow, "fast") == pytest.approx(slow.median_s / fast.median_s)
+    assert bench.ratio(rows, slow, "fast") == pytest.approx(
+        paired_ratio(slow.rounds_s, fast.rounds_s)
+    )
+    assert 3 < bench.ratio(rows, slow, "fast") < 5
     assert bench.ratio(rows, fast, "fast") == 1.0
     assert bench.ratio(rows, rows[2], "fast") is None
     assert bench.ratio(rows, fast, "broken") is None
+
+
+def test_paired_ratio_is_the_median_of_round_ratios():
+    # Round 2 ran while the machine was 3x slower: its ratio is still 2, and the burst of
+    # round 3 (one contender alone slowed) is the outlier the median drops.
+    assert paired_ratio([2.0, 6.0, 9.0, 2.2], [1.0, 3.0, 1.0, 1.0]) == pytest.approx(2.1)
+    with pytest.raises(ValueError):
+        paired_ratio([1.0], [1.0, 2.0])
 
 
 def test_reports_name_every_contender(fake):
@@ -92,7 +104,7 @@ def test_reports_name_every_contender(fake):
     entries = data["workloads"][0]["contenders"]
     assert [e["name"] for e in entries] == ["fast", "slow", "broken", "dies"]
     assert entries[1]["rounds_s"] == rows[1].rounds_s
-    assert entries[1]["ratio_to_baseline"] == pytest.approx(rows[1].median_s / rows[0].median_s)
+    assert entries[1]["ratio_to_baseline"] == bench.ratio(rows, rows[1], "fast")
     assert entries[2]["error"] and entries[2]["median_s"] is None
     text = bench.report(meta, results, with_chart=False)
     for name in ("fast", "slow", "broken", "dies", "a note on what was left out"):

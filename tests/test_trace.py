@@ -22,6 +22,7 @@ from torch.distributions import constraints
 
 import lazyjit
 from lazyjit import LazyJitError, LazyJitWarning, StructureWarning
+from lazyjit.backends import Program
 
 BACKENDS = ["torchscript", "eager", "aten"]
 PYRO_DEFECT = pytest.mark.xfail(strict=True, reason="defect of pyro.ops.jit.trace")
@@ -92,6 +93,35 @@ def test_value_and_grad_matches_autograd(backend):
         assert pyro.param("scale").unconstrained().grad is None  # nothing accumulated
         with torch.no_grad():
             pyro.param("scale").unconstrained().mul_(0.5)
+
+
+def test_program_gradients_come_from_the_engine_directly(monkeypatch):
+    # Program.value_and_grad skips torch.autograd.grad's Python wrapper (a tenth of a
+    # compiled SVI step); the gradients must still be autograd's, zeros where unused.
+    def fn(x, y, unused):
+        return (x.sin() * y.exp()).sum(), x * 2
+
+    x, y, unused = (torch.randn(3, requires_grad=True) for _ in range(3))
+    expected = torch.autograd.grad(fn(x, y, unused)[0], [x, y])
+
+    def wrapper_called(*args, **kwargs):
+        raise AssertionError("the fast path went through torch.autograd.grad")
+
+    monkeypatch.setattr(torch.autograd, "grad", wrapper_called)
+    program = Program(fn)
+    for mode in (torch.enable_grad, torch.no_grad):
+        with mode():
+            outputs, grads = program.value_and_grad([x, y, unused], [0, 1, 2])
+        assert_close(grads[:2], list(expected))
+        assert torch.equal(grads[2], torch.zeros(3))
+        assert not any(o.requires_grad for o in outputs)
+    # An input that does not require grad is differentiated all the same.
+    _, grads = program.value_and_grad([x.detach(), y, unused], [0])
+    assert_close(grads[0], expected[0])
+    monkeypatch.undo()
+    # A non-scalar output goes to torch.autograd.grad, which says what is wrong.
+    with pytest.raises(RuntimeError, match="scalar outputs"):
+        Program(lambda x: (x * 2,)).value_and_grad([x], [0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
