@@ -5,7 +5,7 @@
 For the seed Gaussian model (100 points) and logistic regression (1000 points, 5
 features), runs NUTS (500 warmup + 500 samples; 100 + 100 with ``--quick``) from the same
 seed for every contender, contenders alternating, ``--repeats`` times, and prints a
-markdown table of medians. Contenders: Pyro eager, Pyro ``jit_compile=True``, and lazyjit
+markdown table of medians; ratios are medians of each repeat's ratio. Contenders: Pyro eager, Pyro ``jit_compile=True``, and lazyjit
 ``jit_compile=True`` with each of ``--backends`` (default: every registered backend but
 "eager"). Torch runs one intra-op thread (``--threads``) so that other load on a small
 machine does not leave OpenMP threads spinning; all contenders alike.
@@ -30,6 +30,7 @@ import torch
 import lazyjit
 from lazyjit import examples
 from lazyjit.demo import nuts_kernels, run_nuts, time_grad
+from lazyjit.timing import paired_ratio
 
 
 def bench(
@@ -56,7 +57,6 @@ def bench(
             compiles[name].append(compile_s)
     med = {name: statistics.median(v) for name, v in walls.items()}
     med_grad = {name: statistics.median(v) for name, v in grads.items()}
-    base, base_grad = med["Pyro jit"], med_grad["Pyro jit"]
     lines = [
         f"### {title}: NUTS {n} warmup + {n} samples, median of {repeats}",
         "",
@@ -70,7 +70,8 @@ def bench(
         lines.append(
             f"| {name} | {med[name]:.2f} | {spread:.0%} | {steps[name]} | "
             f"{med[name] / steps[name] * 1e6:.0f} | {med_grad[name] * 1e6:.0f} | "
-            f"{compile_ms:.0f} | {med[name] / base:.2f} | {med_grad[name] / base_grad:.2f} |"
+            f"{compile_ms:.0f} | {paired_ratio(walls[name], walls['Pyro jit']):.2f} | "
+            f"{paired_ratio(grads[name], grads['Pyro jit']):.2f} |"
         )
     return "\n".join(lines)
 

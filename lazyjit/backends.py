@@ -484,6 +484,66 @@ class InductorProgram(GraphProgram):
         return compiled
 
 
+class ScriptedGraphProgram(GraphProgram):
+    """A :class:`GraphProgram` whose graphs TorchScript's interpreter runs.
+
+    The value-and-grad graph holds the backward as plain aten ops, so value and
+    gradients come out of one TorchScript graph with no autograd at call time: about half
+    the time of Pyro's jitted potential plus autograd on the seed Gaussian model and on
+    logistic regression (``benchmarks/bench_nuts.py``), at the cost of a ``make_fx``
+    capture per graph. A graph that TorchScript fails to trace runs as FX code instead,
+    with a one-time :class:`LazyJitWarning`.
+    """
+
+    def _finish(
+        self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
+    ) -> Runner:
+        start = time.perf_counter()
+        cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
+        try:
+            with (
+                _WARNINGS_LOCK,  # see "auto" below: no compiler thread in catch_warnings
+                warnings.catch_warnings(),
+                # Tracing runs the graph once: its random draws must not move the stream.
+                torch.random.fork_rng(devices=cuda),
+                torch.set_grad_enabled(grad),
+            ):
+                # FX code reads no tensor value (make_fx would have refused to capture
+                # it), so the tracer has nothing to warn about but its own deprecation.
+                warnings.simplefilter("ignore")
+                script = _jit_trace(graph_module.forward, tuple(inputs), {})
+        except Exception as e:  # noqa: BLE001 - the FX code computes the same thing
+            _warn_once(
+                self._warned,
+                "torchscript",
+                f"TorchScript failed to trace a graph ({type(e).__name__}: {e}); it runs "
+                "as FX code instead",
+            )
+            return graph_module.forward
+        seconds = time.perf_counter() - start
+        self.compile_seconds += seconds
+        logger.info(
+            "lazyjit: traced a graph (%d nodes) for TorchScript in %.3f s",
+            len(graph_module.graph.nodes),
+            seconds,
+        )
+        return script
+
+
+class AtenJitBackend(AtenBackend):
+    """The ``"aten"`` capture, each graph run by TorchScript's interpreter (traced on
+    first use): gradients computed inside the graph, without Python's per-op cost.
+
+    TorchScript is deprecated upstream; this backend is the fast path for where it still
+    runs (its sampler gradients are about twice as fast as Pyro's jit). Like
+    ``"torchscript"`` it drops a random draw whose result is unused (see
+    ``docs/backends.md``).
+    """
+
+    name = "aten-jit"
+    program_class = ScriptedGraphProgram
+
+
 def inductor_compile(
     graph_module: GraphModule,
     inputs: Sequence[torch.Tensor],
@@ -1218,7 +1278,14 @@ class AutoBackend(Backend):
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
-    for b in (Backend(), TorchScriptBackend(), AtenBackend(), InductorBackend(), AutoBackend())
+    for b in (
+        Backend(),
+        TorchScriptBackend(),
+        AtenBackend(),
+        AtenJitBackend(),
+        InductorBackend(),
+        AutoBackend(),
+    )
 }
 
 

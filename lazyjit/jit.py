@@ -172,8 +172,9 @@ class CompiledFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key, leaves, idents = signature(args, kwargs)
-        entry, params = self._lookup(key, leaves, idents)
-        return entry.unflatten(self._method(entry, "__call__")(*params, *leaves))
+        entry, params = self._hit(key) or self._lookup(key, leaves, idents)
+        run = entry.program if not entry.checks_left else self._checked(entry, "__call__")
+        return entry.unflatten(run(*params, *leaves))
 
     def value_and_grad(self, *args: Any, **kwargs: Any) -> tuple[Any, Gradients]:
         """Calls the function and differentiates its output (or its first output, if it
@@ -184,8 +185,14 @@ class CompiledFunction:
         accumulated into ``.grad``; the caller decides what to do with the gradients.
         """
         key, leaves, idents = signature(args, kwargs)
-        entry, params = self._lookup(key, leaves, idents)
-        outputs, grads = self._method(entry, "value_and_grad")([*params, *leaves], entry.wrt)
+        entry, params = self._hit(key) or self._lookup(key, leaves, idents)
+        program = entry.program
+        run = (
+            program.value_and_grad
+            if not entry.checks_left
+            else self._checked(entry, "value_and_grad")
+        )
+        outputs, grads = run([*params, *leaves], entry.wrt)
         num_params = len(params)
         leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
         for i, g in zip(entry.grad_leaves, grads[num_params:]):
@@ -193,13 +200,10 @@ class CompiledFunction:
         gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, key)
         return entry.unflatten(outputs), gradients
 
-    def _method(self, entry: _Entry, name: str) -> Callable:
-        """``entry.program``'s method ``name``; while the entry has checks left
-        (``verify``), one that also runs the eager program from the same RNG state and
-        compares."""
+    def _checked(self, entry: _Entry, name: str) -> Callable:
+        """``entry.program``'s method ``name``, made to also run the eager program from
+        the same RNG state and compare (while the entry has ``verify`` checks left)."""
         method = getattr(entry.program, name)
-        if not entry.checks_left:
-            return method
 
         def checked(*args: Any) -> Any:
             before = torch.get_rng_state()
@@ -232,12 +236,10 @@ class CompiledFunction:
         self._cache.clear()
 
     def _lookup(self, key, leaves, idents) -> tuple[_Entry, list[torch.Tensor]]:
-        hit = self._hit(key)
-        if hit is None:
-            with self._lock:
-                # Another thread may have compiled this signature while we waited.
-                hit = self._hit(key) or self._compile(key, leaves, idents)
-        return hit
+        """After a miss of :meth:`_hit`: the entry, compiled if need be."""
+        with self._lock:
+            # Another thread may have compiled this signature while we waited.
+            return self._hit(key) or self._compile(key, leaves, idents)
 
     def _hit(self, key) -> tuple[_Entry, list[torch.Tensor]] | None:
         entry = self._cache.get(key)

@@ -56,15 +56,6 @@ class IdentityRef(int):
 _unhashable_warned: set[type] = set()
 
 
-def _describe(obj: Any, leaves: list[torch.Tensor], idents: list[IdentityRef]) -> tuple:
-    # One dict lookup picks the handler for a type: this runs at every call.
-    cls = type(obj)
-    handler = _HANDLERS.get(cls)
-    if handler is None:
-        handler = _HANDLERS[cls] = _handler_for(cls)
-    return handler(obj, leaves, idents)
-
-
 def _tensor(obj: torch.Tensor, leaves: list, idents: list) -> tuple:
     leaves.append(obj)
     return (_TENSOR, obj.shape, obj.dtype, obj.device, obj.requires_grad)
@@ -75,16 +66,25 @@ def _value(obj: Any, leaves: list, idents: list) -> tuple:
 
 
 def _sequence(obj: Any, leaves: list, idents: list) -> tuple:
-    return (_SEQ, type(obj), tuple(_describe(x, leaves, idents) for x in obj))
+    return (_SEQ, type(obj), tuple([_HANDLERS[type(x)](x, leaves, idents) for x in obj]))
 
 
 def _dict(obj: dict, leaves: list, idents: list) -> tuple:
-    return (_DICT, type(obj), tuple(obj), tuple(_describe(v, leaves, idents) for v in obj.values()))
+    return (
+        _DICT,
+        type(obj),
+        tuple(obj),
+        tuple([_HANDLERS[type(v)](v, leaves, idents) for v in obj.values()]),
+    )
 
 
 def _namespace(obj: argparse.Namespace, leaves: list, idents: list) -> tuple:
     items = vars(obj)
-    return (_NAMESPACE, tuple(items), tuple(_describe(v, leaves, idents) for v in items.values()))
+    return (
+        _NAMESPACE,
+        tuple(items),
+        tuple([_HANDLERS[type(v)](v, leaves, idents) for v in items.values()]),
+    )
 
 
 def _set(obj: Any, leaves: list, idents: list) -> tuple:
@@ -150,7 +150,17 @@ def _handler_for(cls: type) -> Callable:
     return _hashable
 
 
-_HANDLERS: dict[type, Callable] = dict.fromkeys(_VALUE_TYPES, _value)
+class _Handlers(dict):
+    """``{type: handler}``, filled on first sight of a type. The lookup runs for every
+    argument of every call, right after a compiled program has left the CPU caches cold:
+    a plain subscript keeps it in C."""
+
+    def __missing__(self, cls: type) -> Callable:
+        handler = self[cls] = _handler_for(cls)
+        return handler
+
+
+_HANDLERS = _Handlers(dict.fromkeys(_VALUE_TYPES, _value))
 
 
 def signature(args: tuple, kwargs: dict) -> tuple[tuple, list[torch.Tensor], list[IdentityRef]]:
@@ -158,9 +168,9 @@ def signature(args: tuple, kwargs: dict) -> tuple[tuple, list[torch.Tensor], lis
     leaves: list[torch.Tensor] = []
     idents: list[IdentityRef] = []
     key = (
-        tuple(_describe(a, leaves, idents) for a in args),
+        tuple([_HANDLERS[type(a)](a, leaves, idents) for a in args]),
         tuple(kwargs),
-        tuple(_describe(v, leaves, idents) for v in kwargs.values()),
+        tuple([_HANDLERS[type(v)](v, leaves, idents) for v in kwargs.values()]) if kwargs else (),
         torch.is_grad_enabled(),
     )
     return key, leaves, idents

@@ -44,7 +44,7 @@ from lazyjit import (
 FAST_BACKENDS = [name for name in lazyjit.BACKENDS if name not in ("inductor", "auto")]
 ALL_BACKENDS = list(lazyjit.BACKENDS)
 # Backends whose programs are (at first) TorchScript traces.
-TORCHSCRIPT_BACKENDS = {"torchscript", "auto"}
+TORCHSCRIPT_BACKENDS = {"torchscript", "aten-jit", "auto"}
 
 ELBOS = {
     "trace": (Trace_ELBO, JitTrace_ELBO),

@@ -21,7 +21,7 @@ import lazyjit.mcmc
 from lazyjit import LazyJitError, StructureWarning, examples
 
 # "aten" returns gradients computed inside its graph through the same value_and_grad.
-BACKENDS = [b for b in ("torchscript", "eager", "aten") if b in lazyjit.BACKENDS]
+BACKENDS = [b for b in ("torchscript", "eager", "aten", "aten-jit") if b in lazyjit.BACKENDS]
 
 # Pyro's own jit, the reference in some tests, warns that torch.jit.trace is deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*:DeprecationWarning")
