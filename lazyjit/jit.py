@@ -384,8 +384,9 @@ def trace(
         (``check_trace`` defaults to ``False``).
     :param backend: ``"auto"`` (TorchScript first, inductor in the background once an
         entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
-        (a ``make_fx`` graph run as FX code) or ``"inductor"`` (that graph compiled by
-        inductor); see ``docs/backends.md``.
+        (a ``make_fx`` graph run as FX code), ``"aten-jit"`` (that graph run by
+        TorchScript) or ``"inductor"`` (that graph compiled by inductor); see
+        ``docs/backends.md``.
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when
         compiling fails or the function's structure depends on tensor values.
     :param cache_size: the most compiled entries kept; the least recently used goes.
