@@ -194,9 +194,12 @@ class CompiledFunction:
         )
         outputs, grads = run([*params, *leaves], entry.wrt)
         num_params = len(params)
-        leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
-        for i, g in zip(entry.grad_leaves, grads[num_params:]):
-            leaf_grads[i] = g
+        if len(entry.grad_leaves) == len(leaves):  # every leaf (a potential's inputs), or none
+            leaf_grads: list[torch.Tensor | None] = grads[num_params:]
+        else:
+            leaf_grads = [None] * len(leaves)
+            for i, g in zip(entry.grad_leaves, grads[num_params:]):
+                leaf_grads[i] = g
         gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, key)
         return entry.unflatten(outputs), gradients
 
@@ -245,11 +248,14 @@ class CompiledFunction:
         entry = self._cache.get(key)
         if entry is None:
             return None
-        params = entry.current_params()
-        if params is None:
-            return None
-        if _PYRO_STACK:
-            announce_params(entry.param_names)
+        if entry.param_checks:
+            params = entry.current_params()
+            if params is None:
+                return None
+            if _PYRO_STACK:
+                announce_params(entry.param_names)
+        else:
+            params = []  # e.g. a potential energy: no params to check or announce
         self.stats.hits += 1
         return entry, params
 
