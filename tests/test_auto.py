@@ -199,6 +199,30 @@ def test_works_without_torchscript(monkeypatch, hot_after, fx_for_inductor):
     assert compiled.stats.fallbacks == 0
 
 
+def test_runs_the_graph_on_torchscript_while_inductor_compiles(monkeypatch, hot_after):
+    release = threading.Event()
+
+    def slow_compile(graph_module, inputs, grad, config=None):
+        assert release.wait(timeout=60)
+        return graph_module.forward
+
+    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
+    hot_after(2)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    for _ in range(2):
+        compiled.value_and_grad(x)
+    lane = program_of(compiled).lanes["value_and_grad"]
+    try:
+        assert lane.tier == "aten-jit"
+        for seed in range(3):
+            assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    finally:
+        release.set()
+    assert program_of(compiled).wait(timeout=60) and lane.tier == "inductor"
+    assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=3)
+
+
 def test_failed_inductor_compile_falls_back_one_tier_with_one_warning(monkeypatch, hot_after):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
@@ -216,7 +240,8 @@ def test_failed_inductor_compile_falls_back_one_tier_with_one_warning(monkeypatc
         warnings.simplefilter("error")  # once
         for seed in range(1, 3):
             assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
-    assert program.lanes["value_and_grad"].tier == "torchscript"
+    # One tier below inductor: the captured graph on TorchScript.
+    assert program.lanes["value_and_grad"].tier == "aten-jit"
 
 
 def test_failed_capture_stays_on_torchscript(monkeypatch, hot_after):
