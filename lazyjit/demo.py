@@ -263,12 +263,14 @@ def main(quick: bool = False) -> None:
     pyro.clear_param_store()
     print(log_prob_rows(steps=200 if quick else 2000))
     print()
-    results = compare(gaussian_contenders(["torchscript"]), steps=50 if quick else 300)
+    # TorchScript as Pyro's jit uses it, and the captured value-and-grad graph run by it.
+    backends = ["torchscript", "aten-jit"]
+    results = compare(gaussian_contenders(backends), steps=50 if quick else 300, repeats=5)
     print(
         table("SVI step, seed Gaussian model (100 points)", results, "Pyro JitTrace_ELBO", "step")
     )
     print()
     n = 50 if quick else 200
-    results = compare(nuts_contenders(["torchscript"], n), steps=1, repeats=3)
+    results = compare(nuts_contenders(backends, n), steps=1, repeats=3)
     title = f"NUTS run ({n} warmup + {n} samples), seed Gaussian model"
     print(table(title, results, "Pyro NUTS jit_compile", "run"))
