@@ -409,6 +409,33 @@ class GraphProgram(Program):
         ``nn.Module.__call__`` machinery."""
         return graph_module.forward
 
+    def _compile_or_fx(
+        self, graph_module: GraphModule, compiler: str, compile: Callable[[], Runner], grad: bool
+    ) -> Runner:
+        """``compile()``, timed and logged; where it fails, the graph's FX code (the same
+        computation, only slower) with a one-time :class:`LazyJitWarning`."""
+        start = time.perf_counter()
+        try:
+            runner = compile()
+        except Exception as e:  # noqa: BLE001 - the FX code computes the same thing
+            _warn_once(
+                self._warned,
+                compiler,
+                f"{compiler} failed to compile a graph ({type(e).__name__}: {e}); it runs as "
+                "FX code instead",
+            )
+            return graph_module.forward
+        seconds = time.perf_counter() - start
+        self.compile_seconds += seconds
+        logger.info(
+            "lazyjit: %s compiled a graph (%d nodes%s) in %.3f s",
+            compiler,
+            len(graph_module.graph.nodes),
+            ", with backward" if grad else "",
+            seconds,
+        )
+        return runner
+
 
 class AtenBackend(Backend):
     """Captures the function once with ``make_fx`` into an aten graph run as FX code.
@@ -454,8 +481,7 @@ class InductorProgram(GraphProgram):
     def _finish(
         self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
     ) -> Runner:
-        start = time.perf_counter()
-        try:
+        def compile() -> Runner:
             with warnings.catch_warnings():
                 # Importing inductor defines torch.utils.mkldnn's TorchScript modules, which
                 # warn that TorchScript is deprecated; nothing on this path uses them.
@@ -464,24 +490,9 @@ class InductorProgram(GraphProgram):
                 )
                 import torch._inductor.compile_fx  # noqa: F401
             with _TRACE_LOCK:  # not beside a background compile (see "auto" below)
-                compiled = inductor_compile(graph_module, inputs, grad)
-        except Exception as e:  # noqa: BLE001 - the FX code computes the same thing
-            _warn_once(
-                self._warned,
-                "inductor",
-                f"inductor failed to compile a graph ({type(e).__name__}: {e}); it runs as "
-                "FX code instead",
-            )
-            return graph_module.forward
-        seconds = time.perf_counter() - start
-        self.compile_seconds += seconds
-        logger.info(
-            "lazyjit: inductor compiled a graph (%d nodes%s) in %.3f s",
-            len(graph_module.graph.nodes),
-            ", with backward" if grad else "",
-            seconds,
-        )
-        return compiled
+                return inductor_compile(graph_module, inputs, grad)
+
+        return self._compile_or_fx(graph_module, "inductor", compile, grad)
 
 
 class ScriptedGraphProgram(GraphProgram):
@@ -498,25 +509,9 @@ class ScriptedGraphProgram(GraphProgram):
     def _finish(
         self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
     ) -> Runner:
-        start = time.perf_counter()
-        try:
-            script = script_graph(graph_module, inputs, grad)
-        except Exception as e:  # noqa: BLE001 - the FX code computes the same thing
-            _warn_once(
-                self._warned,
-                "torchscript",
-                f"TorchScript failed to trace a graph ({type(e).__name__}: {e}); it runs "
-                "as FX code instead",
-            )
-            return graph_module.forward
-        seconds = time.perf_counter() - start
-        self.compile_seconds += seconds
-        logger.info(
-            "lazyjit: traced a graph (%d nodes) for TorchScript in %.3f s",
-            len(graph_module.graph.nodes),
-            seconds,
+        return self._compile_or_fx(
+            graph_module, "TorchScript", lambda: script_graph(graph_module, inputs, grad), grad
         )
-        return script
 
 
 def script_graph(graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool) -> Runner:

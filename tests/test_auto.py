@@ -59,6 +59,20 @@ def fx_for_inductor(monkeypatch):
     return compiled
 
 
+@pytest.fixture
+def held_inductor(monkeypatch):
+    """Inductor replaced by FX code that is ready only once the returned Event is set."""
+    release = threading.Event()
+
+    def slow_compile(graph_module, inputs, grad, config=None):
+        assert release.wait(timeout=60)
+        return graph_module.forward
+
+    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
+    yield release
+    release.set()
+
+
 def assert_close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
@@ -201,29 +215,20 @@ def test_works_without_torchscript(monkeypatch, hot_after, fx_for_inductor):
 
 @pytest.mark.parametrize("max_nodes, meanwhile", [(5000, "aten-jit"), (10, "torchscript")])
 def test_runs_the_graph_on_torchscript_while_inductor_compiles(
-    monkeypatch, hot_after, max_nodes, meanwhile
+    monkeypatch, hot_after, held_inductor, max_nodes, meanwhile
 ):
     # A graph too big to trace on the caller's thread waits on tier 0 instead.
     monkeypatch.setattr(lazyjit.backends, "_SCRIPT_MEANWHILE_MAX_NODES", max_nodes)
-    release = threading.Event()
-
-    def slow_compile(graph_module, inputs, grad, config=None):
-        assert release.wait(timeout=60)
-        return graph_module.forward
-
-    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
     hot_after(2)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)
     for _ in range(2):
         compiled.value_and_grad(x)
     lane = program_of(compiled).lanes["value_and_grad"]
-    try:
-        assert lane.tier == meanwhile
-        for seed in range(3):
-            assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
-    finally:
-        release.set()
+    assert lane.tier == meanwhile
+    for seed in range(3):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    held_inductor.set()
     assert program_of(compiled).wait(timeout=60) and lane.tier == "inductor"
     assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=3)
 
@@ -264,16 +269,9 @@ def test_failed_capture_stays_on_torchscript(monkeypatch, hot_after):
     assert program_of(compiled).lanes["value_and_grad"].tier == "torchscript"
 
 
-def test_one_capture_or_compile_at_a_time(monkeypatch, hot_after):
+def test_one_capture_or_compile_at_a_time(hot_after, held_inductor):
     """make_fx keeps global state: a lane that is hot while another program compiles
     waits on its tier, and tiers up at a call after the compile is done."""
-    release = threading.Event()
-
-    def slow_compile(graph_module, inputs, grad, config=None):
-        assert release.wait(timeout=60)
-        return graph_module.forward
-
-    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
     hot_after(1)
     first, second = lazyjit.trace(noisy_log_prob), lazyjit.trace(scale_log_prob)
     x, y = torch.randn(5), torch.randn(5)
@@ -282,7 +280,7 @@ def test_one_capture_or_compile_at_a_time(monkeypatch, hot_after):
         second.value_and_grad(x, y)
     lane = program_of(second).lanes["value_and_grad"]
     assert lane.tier == "torchscript" and lane.graph_module is None and lane.calls == 3
-    release.set()
+    held_inductor.set()
     assert wait_for_compiles(timeout=60)
     second.value_and_grad(x, y)  # now it captures, and compiles
     assert wait_for_compiles(timeout=60) and lane.tier == "inductor"

@@ -397,16 +397,20 @@ def test_failed_gradient_capture_uses_autograd(monkeypatch):
     assert_close(grads.params, expected_grads)
 
 
-def test_failed_inductor_compile_runs_fx_code(monkeypatch):
+@pytest.mark.parametrize("backend", ["inductor", "aten-jit"])
+def test_failed_graph_compile_runs_fx_code(monkeypatch, backend):
     import torch._inductor.compile_fx
 
     def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
+        raise RuntimeError("no compiler today")
 
-    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken)
-    compiled = lazyjit.trace(scale_log_prob, backend="inductor")
+    if backend == "inductor":
+        monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken)
+    else:  # TorchScript's tracer
+        monkeypatch.setattr(lazyjit.backends, "_jit_trace", broken)
+    compiled = lazyjit.trace(scale_log_prob, backend=backend)
     x, y = torch.randn(5), torch.randn(5)
-    with pytest.warns(LazyJitWarning, match="no C.. compiler"):
+    with pytest.warns(LazyJitWarning, match="failed to compile .* no compiler today"):
         assert_matches_eager(compiled, scale_log_prob, x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per program
