@@ -517,12 +517,11 @@ class ScriptedGraphProgram(GraphProgram):
 def script_graph(graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool) -> Runner:
     """``graph_module`` traced by TorchScript's tracer on ``inputs`` (``grad``: whether
     its outputs must be differentiable), to run on its interpreter. Raises on failure."""
-    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     with (
         _WARNINGS_LOCK,  # see "auto" below: no compiler thread in catch_warnings
         warnings.catch_warnings(),
         # Tracing runs the graph once: its random draws must not move the stream.
-        torch.random.fork_rng(devices=cuda),
+        _keep_random_stream(inputs),
         torch.set_grad_enabled(grad),
     ):
         # FX code reads no tensor value (make_fx would have refused to capture it), so
@@ -635,10 +634,9 @@ def capture(
         custom_autograd.update(_custom_autograd_functions(outputs))
         return outputs
 
-    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     with _TRACE_LOCK:  # the FX sources made meanwhile are this graph's own
         sources = _fx_source_keys()
-        graph_module = _make_fx(traced, inputs, cuda)
+        graph_module = _make_fx(traced, inputs)
         if replayable:
             _detach_no_grad_outputs(graph_module.graph)
         graph_module.graph.eliminate_dead_code()
@@ -647,7 +645,13 @@ def capture(
     return graph_module, frozenset(custom_autograd)
 
 
-def _make_fx(traced: Callable, inputs: Sequence[torch.Tensor], cuda: list[int]) -> GraphModule:
+def _keep_random_stream(inputs: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
+    """Restores the CPU generator, and those of the GPUs ``inputs`` live on, on exit."""
+    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
+    return torch.random.fork_rng(devices=cuda)
+
+
+def _make_fx(traced: Callable, inputs: Sequence[torch.Tensor]) -> GraphModule:
     from torch._guards import TracingContext, tracing
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -655,7 +659,7 @@ def _make_fx(traced: Callable, inputs: Sequence[torch.Tensor], cuda: list[int]) 
     try:
         with (
             validation_enabled(False),
-            torch.random.fork_rng(devices=cuda),
+            _keep_random_stream(inputs),
             _pyro_sees_a_tracer(),
             # make_fx describes each node's value with a fake tensor; without a fake mode
             # to share, it makes a new one per node, and each records a Python traceback
