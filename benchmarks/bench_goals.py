@@ -20,7 +20,8 @@ Sections (each prints its own table, then one table of all goals with PASS/FAIL)
    backend: the first potential-and-gradient call minus a steady one.
 
 Timings on a small shared machine are noisy: contenders alternate, figures are
-medians, and the load average (``os.getloadavg()``) is printed before and after.
+medians, ratios the median of each round's ratio (``lazyjit.timing.paired_ratio``), and
+the load average (``os.getloadavg()``) is printed before and after.
 Inductor compiles depend on its on-disk cache; ``--cold-cache`` points it at a fresh
 directory (every compile cold), otherwise the cache is used as found.
 """
@@ -37,8 +38,6 @@ from collections.abc import Callable
 
 import pyro
 import torch
-from pyro.infer.autoguide import AutoDiagonalNormal
-from pyro.optim import Adam
 
 import lazyjit
 from lazyjit import examples
@@ -50,31 +49,14 @@ from lazyjit.demo import (
     hmm_contenders,
     numpyro_svi,
     nuts_kernels,
+    pyro_svi_floor,
     run_nuts,
 )
-from lazyjit.timing import Step, compare, table
+from lazyjit.timing import Step, compare, paired_ratio, table
 
 # (goal, target ratio, measured ratio, what the ratio compares)
 Goal = tuple[str, float, float, str]
 AUTO = "lazyjit JitTrace_ELBO (auto)"
-
-
-def pyro_floor(data: torch.Tensor) -> Step:
-    """What ``pyro.infer.SVI.step`` costs around any loss: the param trace, the params
-    a Jit ELBO announces, and Pyro's optimizer loop, with the gradients already there."""
-    guide = AutoDiagonalNormal(examples.gaussian_model)
-    guide(data)
-    names = list(pyro.get_param_store().keys())
-    grads = {name: torch.zeros_like(pyro.param(name).unconstrained()) for name in names}
-
-    class PrecomputedLoss(pyro.infer.ELBO):
-        def loss_and_grads(self, model, guide, *args, **kwargs):
-            for name in names:
-                pyro.param(name).unconstrained().grad = grads[name]
-            return 0.0
-
-    svi = pyro.infer.SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), PrecomputedLoss())
-    return lambda: svi.step(data)
 
 
 def svi_section(quick: bool) -> tuple[str, list[Goal]]:
@@ -86,7 +68,7 @@ def svi_section(quick: bool) -> tuple[str, list[Goal]]:
         "Pyro JitTrace_ELBO": plain["Pyro JitTrace_ELBO"],
         AUTO: steady(plain[AUTO], warm),
         "lazyjit.SVI (fused)": steady(lambda: fused_svi(data), 2.0),
-        "Pyro SVI + Adam around a precomputed loss": lambda: pyro_floor(data),
+        "Pyro SVI + Adam around a precomputed loss": lambda: pyro_svi_floor(data),
     }
     try:
         import numpyro  # noqa: F401
@@ -103,8 +85,9 @@ def svi_section(quick: bool) -> tuple[str, list[Goal]]:
         "Pyro JitTrace_ELBO",
         "step",
     )
-    med = {r.name: r.median_s for r in results}
-    floor = med["Pyro SVI + Adam around a precomputed loss"] / med["Pyro JitTrace_ELBO"]
+    rounds = {r.name: r.step_s for r in results}
+    base = rounds["Pyro JitTrace_ELBO"]
+    floor = paired_ratio(rounds["Pyro SVI + Adam around a precomputed loss"], base)
     text += (
         f"\n\nPyro's SVI step around a loss (its param trace and optimizer loop) is {floor:.2f}x "
         "Pyro's jit step by itself: the floor of any drop-in ELBO."
@@ -113,14 +96,14 @@ def svi_section(quick: bool) -> tuple[str, list[Goal]]:
         (
             "SVI step: drop-in SVI + JitTrace_ELBO(auto), steady",
             0.25,
-            med[AUTO] / med["Pyro JitTrace_ELBO"],
+            paired_ratio(rounds[AUTO], base),
             "x Pyro JitTrace_ELBO step",
         )
     ]
     if numpyro_note:
         text += "\n\n" + numpyro_note
     else:
-        fused = med["lazyjit.SVI (fused)"] / med["NumPyro svi.update (jax.jit)"]
+        fused = paired_ratio(rounds["lazyjit.SVI (fused)"], rounds["NumPyro svi.update (jax.jit)"])
         goals.append(("SVI step: lazyjit.SVI fused", 2.0, fused, "x NumPyro jitted svi.update"))
     return text, goals
 
@@ -143,7 +126,7 @@ def first_call_section(rounds: int) -> tuple[str, list[Goal]]:
     for name, values in firsts.items():
         rounds_ms = ", ".join(f"{v * 1e3:.0f}" for v in values)
         lines.append(f"| {name} | {med[name] * 1e3:.1f} | {rounds_ms} |")
-    ratio = med[AUTO] / med["Pyro JitTrace_ELBO"]
+    ratio = paired_ratio(firsts[AUTO], firsts["Pyro JitTrace_ELBO"])
     return "\n".join(lines), [("First call with auto", 2.0, ratio, "x Pyro jit first call")]
 
 
@@ -192,15 +175,21 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
         "| --- | ---: | --- | ---: |",
     ]
     med = {r.name: r.median_s for r in results}
+    rounds = {r.name: r.step_s for r in results}
     for name in (pyro_name, auto_name):
         rounds = ", ".join(f"{v:.2f}" for v in totals[name])
         lines.append(f"| {name} | {total[name]:.2f} | {rounds} | {med[name]:.3f} |")
     goals = [
-        ("HMM steady epoch (auto)", 0.5, med[auto_name] / med[pyro_name], "x Pyro jit epoch"),
+        (
+            "HMM steady epoch (auto)",
+            0.5,
+            paired_ratio(rounds[auto_name], rounds[pyro_name]),
+            "x Pyro jit epoch",
+        ),
         (
             "HMM two epochs incl. compiles (auto)",
             1.0,
-            total[auto_name] / total[pyro_name],
+            paired_ratio(totals[auto_name], totals[pyro_name]),
             "x Pyro jit, same two epochs",
         ),
     ]
@@ -233,10 +222,15 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
                 wait_for_compiles()  # a compile the run started must not slow the next
         med = {name: statistics.median(v) for name, v in walls.items()}
         for name in contending:
-            ratio = med[name] / med["Pyro jit"]
+            ratio = paired_ratio(walls[name], walls["Pyro jit"])
             lines.append(f"| {workload} | {name} | {med[name]:.2f} | {steps[name]} | {ratio:.2f} |")
         goals.append(
-            (f"NUTS {workload} (auto)", 0.6, med["lazyjit (auto)"] / med["Pyro jit"], "x Pyro jit")
+            (
+                f"NUTS {workload} (auto)",
+                0.6,
+                paired_ratio(walls["lazyjit (auto)"], walls["Pyro jit"]),
+                "x Pyro jit",
+            )
         )
     return "\n".join(lines), goals
 

@@ -137,6 +137,25 @@ def fused_svi(data: torch.Tensor) -> Step:
     return lambda: svi.step(data)
 
 
+def pyro_svi_floor(data: torch.Tensor) -> Step:
+    """What ``pyro.infer.SVI.step`` costs around any loss: the param trace, the params
+    a Jit ELBO announces, and Pyro's optimizer loop, with the gradients already there."""
+    guide = AutoDiagonalNormal(examples.gaussian_model)
+    guide(data)
+    names = list(pyro.get_param_store().keys())
+    grads = {name: torch.zeros_like(pyro.param(name).unconstrained()) for name in names}
+
+    # Trace_ELBO, not the abstract ELBO, which cannot be instantiated.
+    class PrecomputedLoss(pyro.infer.Trace_ELBO):
+        def loss_and_grads(self, model, guide, *args, **kwargs):
+            for name in names:
+                pyro.param(name).unconstrained().grad = grads[name]
+            return 0.0
+
+    svi = pyro.infer.SVI(examples.gaussian_model, guide, Adam({"lr": 0.01}), PrecomputedLoss())
+    return lambda: svi.step(data)
+
+
 def numpyro_svi(data: torch.Tensor) -> Step:
     """NumPyro's ``svi.update`` under ``jax.jit``, the same model, guide and optimizer."""
     import jax

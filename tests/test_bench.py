@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyro
 import pytest
 
 from lazyjit import bench
@@ -143,3 +144,16 @@ def test_quick_run_of_one_workload(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert all(name in text for name in names)
     assert "[sites-10] Pyro jit: first call" in result.stdout
+
+
+def test_pyro_svi_floor_steps():
+    # The floor of any drop-in ELBO: Pyro's SVI.step around a loss that only hands over
+    # (zero) gradients. Its optimizer must see the guide's params.
+    from lazyjit import demo, examples
+
+    pyro.clear_param_store()
+    step = demo.pyro_svi_floor(examples.gaussian_data(10))
+    assert step() == 0.0
+    store = pyro.get_param_store()
+    grads = [store[name].unconstrained().grad for name in store.keys()]
+    assert len(grads) == 2 and all(g is not None and not g.any() for g in grads)
