@@ -30,7 +30,7 @@ import torch
 import lazyjit
 from lazyjit import examples
 from lazyjit.demo import nuts_kernels, run_nuts, time_grad
-from lazyjit.timing import paired_ratio
+from lazyjit.timing import paired_ratio, spread
 
 
 def bench(
@@ -65,10 +65,9 @@ def bench(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in contending:
-        spread = (max(walls[name]) - min(walls[name])) / med[name]
         compile_ms = statistics.median(compiles[name]) * 1e3
         lines.append(
-            f"| {name} | {med[name]:.2f} | {spread:.0%} | {steps[name]} | "
+            f"| {name} | {med[name]:.2f} | {spread(walls[name]):.0%} | {steps[name]} | "
             f"{med[name] / steps[name] * 1e6:.0f} | {med_grad[name] * 1e6:.0f} | "
             f"{compile_ms:.0f} | {paired_ratio(walls[name], walls['Pyro jit']):.2f} | "
             f"{paired_ratio(grads[name], grads['Pyro jit']):.2f} |"
