@@ -1035,28 +1035,45 @@ class Lane:
 
     :ivar kind: ``"call"`` or ``"value_and_grad"``.
     :ivar tier: what runs it now: ``"torchscript"`` or ``"eager"`` (tier 0), ``"aten-jit"``
-        (its captured graph on TorchScript, while inductor compiles) or ``"inductor"``.
+        or ``"aten"`` (its captured graph on TorchScript, or as FX code) or ``"inductor"``.
+    :ivar warm_seconds: the time spent in it after which its graph is captured.
+    :ivar hot_seconds: the time spent in it after which inductor compiles that graph.
+    :ivar hot_calls: the number of calls after which it is hot, whatever the time.
     :ivar calls: calls counted until it was hot.
-    :ivar seconds: seconds spent in those calls.
-    :ivar graph_module: the graph captured for inductor, once hot (or given in advance:
-        a plain-call lane given one compiles it without a backward).
+    :ivar seconds: seconds spent in those calls, but for the first :data:`_UNTIMED_CALLS`.
+    :ivar graph_module: the graph captured, once warm (or given in advance: a plain-call
+        lane given one compiles it without a backward).
     :ivar future: the background compile of that graph; done once the lane has switched.
     """
 
-    def __init__(self, kind: str, tier: str, hot_calls: float, hot_seconds: float):
+    def __init__(
+        self,
+        kind: str,
+        tier: str,
+        hot_calls: float,
+        hot_seconds: float,
+        warm_seconds: float = math.inf,
+    ):
         self.kind = kind
         self.tier = tier
-        self.hot_calls = hot_calls
+        self.warm_seconds = warm_seconds
         self.hot_seconds = hot_seconds
+        self.hot_calls = hot_calls
         self.calls = 0
         self.seconds = 0.0
+        self.warm = False
         self.hot = False
         self.wrt: Sequence[int] = ()
         self.graph_module: GraphModule | None = None
         self.future: Future | None = None
-        self.run: LaneRunner
+        self.run: LaneRunner  # what a call runs: `runner`, counted until the lane is hot
+        self.runner: LaneRunner  # the current tier, uncounted
         self.base: LaneRunner  # tier 0, uncounted: for a wrt no graph was captured for
 
+
+# TorchScript's profiling executor profiles a traced function's first call and optimizes
+# it in the second (seconds for the seed HMM's graphs): that is its compile, not its use.
+_UNTIMED_CALLS = 2
 
 # Tracing a captured graph stalls the caller, more than linearly in its size (measured on
 # the seed HMM's graphs: 2.3 s for 4,103 nodes, 7.7 s for 7,811, 16.6 s for 11,519, on
@@ -1065,24 +1082,25 @@ _SCRIPT_MEANWHILE_MAX_NODES = 5000
 
 
 class TieredProgram(Program):
-    """The ``"auto"`` backend's program: tier 0 until hot, then inductor (and meanwhile
-    the captured graph on TorchScript).
+    """The ``"auto"`` backend's program: tier 0, then its captured graph on TorchScript
+    once warm, then inductor once hot.
 
     Tier 0 is the TorchScript program, or the eager function where TorchScript failed.
     Plain calls and ``value_and_grad`` are two :class:`Lane`\\ s, each tiered up on its
-    own. A lane counts its calls and the seconds spent in them; once hot (see
-    :class:`AutoBackend`), its aten graph is captured on the calling thread (``make_fx``
-    runs the Pyro code, and Pyro's effect-handler stack is process-wide) and inductor
-    compiles it on lazyjit's compiler thread. Meanwhile the lane runs that graph traced by
-    TorchScript (``"aten-jit"``; tier 0 where tracing fails); it switches to inductor when
-    the compile is done. A differentiable plain call needs inductor's
-    training compile, which cannot run beside the caller: that lane compiles on the
-    calling thread, and only after ``blocking_hot_seconds``. A failed capture or compile
-    leaves the lane on tier 0, with a one-time :class:`LazyJitWarning`.
+    own. A lane counts its calls and the seconds spent in them (see :class:`AutoBackend`
+    for the rule). Once warm, its aten graph is captured on the calling thread (``make_fx``
+    runs the Pyro code, and Pyro's effect-handler stack is process-wide) and the lane runs
+    that graph traced by TorchScript (``"aten-jit"``), or as FX code (``"aten"``) where the
+    graph is too big to trace on the caller's thread. Once hot, inductor compiles the graph
+    on lazyjit's compiler thread and the lane switches to it when the compile is done. A
+    differentiable plain call needs inductor's training compile, which cannot run beside
+    the caller: that lane skips the warm tier and compiles on the calling thread, only after
+    ``blocking_hot_seconds``. A failed capture or compile leaves the lane on its tier, with
+    a one-time :class:`LazyJitWarning`.
 
     :ivar base: the tier-0 program.
     :ivar lanes: ``{"call": Lane, "value_and_grad": Lane}``.
-    :ivar compile_seconds: seconds spent capturing and compiling for inductor, background
+    :ivar compile_seconds: seconds spent capturing and compiling after tier 0, background
         compiles included.
     """
 
@@ -1093,9 +1111,11 @@ class TieredProgram(Program):
         self.lanes = lanes
         self.compile_seconds = 0.0
         self._plain = lanes["call"]
-        self._plain.run = self._counting(self._plain, lambda inputs, wrt: base(*inputs))
+        self._plain.runner = self._plain.base = lambda inputs, wrt: base(*inputs)
         self._grad = lanes["value_and_grad"]
-        self._grad.run = self._counting(self._grad, base.value_and_grad)
+        self._grad.runner = self._grad.base = base.value_and_grad
+        for lane in lanes.values():
+            lane.run = self._counting(lane)
         self._lock = threading.Lock()
         self._warned: set[str] = set()
 
@@ -1112,34 +1132,39 @@ class TieredProgram(Program):
         futures = [lane.future for lane in self.lanes.values() if lane.future is not None]
         return not concurrent.futures.wait(futures, timeout).not_done
 
-    def _counting(self, lane: Lane, run: LaneRunner) -> LaneRunner:
-        """``run``, timed and counted until the lane is hot; the hot call tiers it up."""
+    def _counting(self, lane: Lane) -> LaneRunner:
+        """The lane's runner, timed and counted until the lane is hot."""
 
         def counted(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
             start = time.perf_counter()
-            result = run(inputs, wrt)
-            lane.seconds += time.perf_counter() - start
+            result = lane.runner(inputs, wrt)
+            elapsed = time.perf_counter() - start
             lane.calls += 1
-            if (lane.calls >= lane.hot_calls or lane.seconds >= lane.hot_seconds) and (
-                not _COMPILER.busy  # one capture or compile at a time: wait for its end
-            ):
-                lane.run = lane.base = run
+            timed = lane.calls > _UNTIMED_CALLS
+            if timed:
+                lane.seconds += elapsed
+            if _COMPILER.busy:  # one capture or compile at a time: wait for its end
+                return result
+            if lane.calls >= lane.hot_calls or (timed and lane.seconds >= lane.hot_seconds):
                 self._tier_up(lane, inputs, wrt)
+            elif timed and not lane.warm and lane.seconds >= lane.warm_seconds:
+                lane.warm = True
+                if self._capture(lane, inputs, wrt) is not None:
+                    self._run_captured(lane, inputs)
             return result
 
         return counted
 
-    def _tier_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
-        with self._lock:
-            if lane.hot:  # another thread got there first
-                return
-            lane.hot = True
+    def _capture(
+        self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]
+    ) -> bool | None:
+        """Captures the lane's graph on this thread. Returns whether its compile must
+        include a backward (a differentiable plain call), or None where the lane stays on
+        its tier."""
         start = time.perf_counter()
         grad = False
         try:
-            if lane.graph_module is not None:  # captured by whoever built the program
-                graph_module = lane.graph_module
-            elif lane is self._grad:
+            if lane is self._grad:
                 graph_module = capture_value_and_grad(self.flat, inputs, tuple(wrt))
             else:
                 graph_module, custom_autograd = capture(self.flat, inputs, replayable=True)
@@ -1151,27 +1176,52 @@ class TieredProgram(Program):
                         lane.tier,
                         ", ".join(sorted(custom_autograd)),
                     )
-                    return
+                    return None
         except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
             _warn_once(
                 self._warned,
                 lane.kind,
-                f"{lane.kind} stays on {lane.tier}: capturing its graph for inductor "
-                f"failed ({type(e).__name__}: {e})",
+                f"{lane.kind} stays on {lane.tier}: capturing its graph failed "
+                f"({type(e).__name__}: {e})",
             )
-            return
+            return None
         lane.wrt, lane.graph_module = wrt, graph_module
         seconds = time.perf_counter() - start
         self._add_compile_seconds(seconds)
         logger.info(
-            "lazyjit: %s is hot after %d calls (%.3f s on %s); its graph has %d nodes "
-            "(captured in %.3f s); inductor compiles it %s",
+            "lazyjit: %s is %s after %d calls (%.3f s on %s); captured its graph (%d nodes) "
+            "in %.3f s",
             lane.kind,
+            "hot" if lane.hot else "warm",
             lane.calls,
             lane.seconds,
             lane.tier,
             len(graph_module.graph.nodes),
             seconds,
+        )
+        return grad
+
+    def _tier_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
+        with self._lock:
+            if lane.hot:  # another thread got there first
+                return
+            lane.hot = True
+        lane.run = lane.runner  # counting is over
+        grad = False
+        if lane.graph_module is None:
+            if lane.warm:  # its capture failed: no second stall
+                return
+            grad = self._capture(lane, inputs, wrt)
+            if grad is None:
+                return
+        if not grad and not lane.warm:  # a warm lane runs its graph already
+            self._run_captured(lane, inputs)
+        graph_module = lane.graph_module
+        logger.info(
+            "lazyjit: %s is hot after %d calls (%.3f s); inductor compiles its graph %s",
+            lane.kind,
+            lane.calls,
+            lane.seconds,
             "now, on this thread (a training compile)" if grad else "in the background",
         )
         job = functools.partial(self._compile_and_switch, lane, graph_module, inputs, grad)
@@ -1179,34 +1229,26 @@ class TieredProgram(Program):
             with _TRACE_LOCK:
                 job()
         else:
-            self._script_meanwhile(lane, graph_module, inputs)
             lane.future = _COMPILER.submit(job)
 
-    def _script_meanwhile(
-        self, lane: Lane, graph_module: GraphModule, inputs: Sequence[torch.Tensor]
-    ) -> None:
-        """Runs the captured graph on TorchScript (as ``"aten-jit"`` does) until inductor
-        is done: tracing costs one run of the graph, and the graph, which needs no
-        autograd at call time, runs about twice as fast as tier 0 (measured on the NUTS
-        potentials; 4x on the seed HMM). Where tracing fails, or the graph is too big to
-        trace on the caller's thread, the lane stays on tier 0."""
+    def _run_captured(self, lane: Lane, inputs: Sequence[torch.Tensor]) -> None:
+        """Switches the lane to its captured graph traced by TorchScript (as
+        ``"aten-jit"`` does): tracing costs one run of the graph, and the graph, which
+        needs no autograd at call time, runs about twice as fast as tier 0 (measured on
+        the NUTS potentials; 4x on the seed HMM). A graph too big to trace on the caller's
+        thread runs as FX code (as ``"aten"`` does); where tracing fails, the lane stays
+        on its tier."""
+        graph_module = lane.graph_module
         nodes = len(graph_module.graph.nodes)
         if nodes > _SCRIPT_MEANWHILE_MAX_NODES:
-            logger.info(
-                "lazyjit: %s stays on %s until inductor is done: its graph (%d nodes) is too "
-                "big to trace on this thread",
-                lane.kind,
-                lane.tier,
-                nodes,
-            )
+            self._switch(lane, graph_module.forward, "aten")
             return
         start = time.perf_counter()
         try:
             runner = script_graph(graph_module, inputs, False)
         except Exception as e:  # noqa: BLE001 - tier 0 computes the same thing
             logger.info(
-                "lazyjit: %s stays on %s until inductor is done: TorchScript failed to "
-                "trace its graph (%s: %s)",
+                "lazyjit: %s stays on %s: TorchScript failed to trace its graph (%s: %s)",
                 lane.kind,
                 lane.tier,
                 type(e).__name__,
@@ -1238,7 +1280,9 @@ class TieredProgram(Program):
     def _switch(self, lane: Lane, runner: Runner, tier: str) -> None:
         """Makes ``lane`` run its captured graph with ``runner``, as ``tier``."""
         if lane is self._plain:
-            lane.run = lambda inputs, wrt: tuple(runner(*inputs))
+
+            def run(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+                return tuple(runner(*inputs))
         else:
             base, num_wrt = lane.base, len(lane.wrt)
 
@@ -1247,6 +1291,8 @@ class TieredProgram(Program):
                     return _run_value_and_grad(runner, inputs, num_wrt)
                 return base(inputs, wrt)  # not the wrt the graph was captured for
 
+        lane.runner = run
+        if lane.hot:  # no longer counted
             lane.run = run
         logger.info("lazyjit: %s switched from %s to %s", lane.kind, lane.tier, tier)
         lane.tier = tier
@@ -1270,33 +1316,42 @@ class TieredProgram(Program):
 
 
 class AutoBackend(Backend):
-    """Tiered compilation: TorchScript first (cheap to compile), inductor once hot.
+    """Tiered compilation: TorchScript first (cheap to compile), then the captured graph
+    on TorchScript once warm, inductor once hot.
 
     The first call compiles with TorchScript, or runs eagerly where TorchScript fails
     (with a one-time :class:`LazyJitWarning`; a function whose structure depends on
     tensor values still raises :class:`StructureError`, as with ``"torchscript"``).
     The program is a :class:`TieredProgram`. Each of its lanes (plain calls,
-    ``value_and_grad``) is hot once the time spent in it reaches
-    ``max(hot_seconds, hot_compile_factor * t0)``, where ``t0`` is what the tier-0
-    compile took (a bigger graph costs more to capture and compile, so it must prove
-    itself longer), or after ``hot_calls`` calls if that comes first. A hot lane is
-    captured and compiled by inductor in the background, and runs its captured graph on
-    TorchScript until inductor is done. A differentiable plain call
-    compiles on the calling thread instead, so its lane uses ``blocking_hot_seconds``
-    in place of ``hot_seconds`` and no call count. Set these on
-    ``lazyjit.BACKENDS["auto"]``; they apply to programs compiled afterwards.
-    ``docs/backends.md`` has the measurements behind the defaults.
+    ``value_and_grad``) counts the time spent in it from its third call (the first two
+    are TorchScript's profiling and optimizing runs). With ``t0`` what the tier-0 compile
+    took (a bigger graph costs more to capture and compile, so it must prove itself
+    longer), a lane is
+
+    - warm at ``max(warm_seconds, warm_compile_factor * t0)``: its graph is captured on the
+      calling thread (about ``t0`` again) and runs on TorchScript without autograd;
+    - hot at ``max(hot_seconds, hot_compile_factor * t0)``, or after ``hot_calls`` calls
+      if that comes first: inductor compiles the graph in the background.
+
+    A differentiable plain call compiles on the calling thread instead: its lane has no
+    warm tier and uses ``blocking_hot_seconds`` in place of ``hot_seconds`` and no call
+    count. Set these on ``lazyjit.BACKENDS["auto"]``; they apply to programs compiled
+    afterwards. ``docs/backends.md`` has the measurements behind the defaults.
     """
 
     name = "auto"
 
     def __init__(
         self,
-        hot_seconds: float = 1.0,
+        warm_seconds: float = 0.1,
+        warm_compile_factor: float = 10.0,
+        hot_seconds: float = 2.0,
         hot_compile_factor: float = 20.0,
         hot_calls: float = math.inf,
         blocking_hot_seconds: float = 10.0,
     ):
+        self.warm_seconds = warm_seconds
+        self.warm_compile_factor = warm_compile_factor
         self.hot_seconds = hot_seconds
         self.hot_compile_factor = hot_compile_factor
         self.hot_calls = hot_calls
@@ -1317,13 +1372,16 @@ class AutoBackend(Backend):
                 stacklevel=_caller_stacklevel(),
             )
             base, tier = Program(fn), "eager"
-        proving = self.hot_compile_factor * (time.perf_counter() - start)
+        t0 = time.perf_counter() - start
+        hot = max(self.hot_seconds, self.hot_compile_factor * t0)
+        warm = max(self.warm_seconds, self.warm_compile_factor * t0)
         # The grad mode is in the cache key: the inputs tell how every call will be made.
         if _needs_autograd(inputs):
-            plain = Lane("call", tier, math.inf, max(self.blocking_hot_seconds, proving))
+            blocking = max(self.blocking_hot_seconds, self.hot_compile_factor * t0)
+            plain = Lane("call", tier, math.inf, blocking)
         else:
-            plain = Lane("call", tier, self.hot_calls, max(self.hot_seconds, proving))
-        grad = Lane("value_and_grad", tier, self.hot_calls, max(self.hot_seconds, proving))
+            plain = Lane("call", tier, self.hot_calls, hot, warm)
+        grad = Lane("value_and_grad", tier, self.hot_calls, hot, warm)
         return TieredProgram(fn, base, {"call": plain, "value_and_grad": grad})
 
 

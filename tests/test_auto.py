@@ -19,7 +19,14 @@ from pyro.infer.autoguide import AutoDiagonalNormal
 import lazyjit
 import lazyjit.backends
 from lazyjit import LazyJitWarning, StructureWarning
-from lazyjit.backends import TieredProgram, TorchScriptProgram, wait_for_compiles
+from lazyjit.backends import (
+    _UNTIMED_CALLS as UNTIMED_CALLS,
+)
+from lazyjit.backends import (
+    TieredProgram,
+    TorchScriptProgram,
+    wait_for_compiles,
+)
 from lazyjit.examples import gaussian_data, gaussian_model, scale_log_prob
 
 SLOW = pytest.mark.slow
@@ -38,6 +45,8 @@ def hot_after(monkeypatch):
     auto = lazyjit.BACKENDS["auto"]
 
     def set_hot(calls, seconds=float("inf"), blocking_seconds=float("inf")):
+        monkeypatch.setattr(auto, "warm_seconds", float("inf"))
+        monkeypatch.setattr(auto, "warm_compile_factor", 0.0)
         monkeypatch.setattr(auto, "hot_calls", calls)
         monkeypatch.setattr(auto, "hot_seconds", seconds)
         monkeypatch.setattr(auto, "hot_compile_factor", 0.0)
@@ -161,10 +170,13 @@ def test_tiers_up_when_hot_and_matches_eager_throughout(hot_after, fx_for_induct
 
 
 def test_hot_after_seconds(hot_after, fx_for_inductor):
-    hot_after(float("inf"), seconds=0.0)  # any time spent in it makes it hot
+    hot_after(float("inf"), seconds=0.0)  # hot at its first timed call
     compiled = lazyjit.trace(scale_log_prob)
     x, y = torch.randn(5), torch.randn(5)
     with torch.no_grad():
+        for _ in range(UNTIMED_CALLS):
+            compiled(x, y)
+        assert not program_of(compiled).lanes["call"].hot
         compiled(x, y)
     program = program_of(compiled)
     assert program.wait(timeout=60) and program.lanes["call"].tier == "inductor"
@@ -183,7 +195,8 @@ def test_differentiable_call_compiles_on_the_calling_thread(hot_after, fx_for_in
 
     hot_after(1, seconds=0.0, blocking_seconds=0.0)
     compiled = lazyjit.trace(scale_log_prob)
-    compiled(x, y)
+    for _ in range(UNTIMED_CALLS + 1):  # hot at its first timed call
+        compiled(x, y)
     lane = program_of(compiled).lanes["call"]
     assert lane.tier == "inductor" and lane.future is None  # done before the call returned
     assert fx_for_inductor == [True]  # a training compile
@@ -213,11 +226,35 @@ def test_works_without_torchscript(monkeypatch, hot_after, fx_for_inductor):
     assert compiled.stats.fallbacks == 0
 
 
-@pytest.mark.parametrize("max_nodes, meanwhile", [(5000, "aten-jit"), (10, "torchscript")])
+def test_warm_lane_runs_its_graph_on_torchscript_before_it_is_hot(monkeypatch, fx_for_inductor):
+    auto = lazyjit.BACKENDS["auto"]
+    monkeypatch.setattr(auto, "warm_seconds", 0.0)
+    monkeypatch.setattr(auto, "warm_compile_factor", 0.0)
+    monkeypatch.setattr(auto, "hot_seconds", float("inf"))
+    monkeypatch.setattr(auto, "hot_calls", 5)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    compiled.value_and_grad(x)
+    lane = program_of(compiled).lanes["value_and_grad"]
+    # TorchScript's profiling and optimizing runs are its compile: not timed, never warm.
+    for seed in range(2):
+        assert lane.seconds == 0.0 and lane.tier == "torchscript"
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    assert lane.warm and lane.tier == "aten-jit" and lane.seconds > 0.0
+    assert not lane.hot and not fx_for_inductor  # inductor waits for the hot rule
+    for seed in range(2, 4):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=seed)
+    assert lane.calls == 5 and lane.hot  # still counted on the warm tier
+    assert program_of(compiled).wait(timeout=60) and lane.tier == "inductor"
+    assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=4)
+    assert fx_for_inductor == [False]
+
+
+@pytest.mark.parametrize("max_nodes, meanwhile", [(5000, "aten-jit"), (10, "aten")])
 def test_runs_the_graph_on_torchscript_while_inductor_compiles(
     monkeypatch, hot_after, held_inductor, max_nodes, meanwhile
 ):
-    # A graph too big to trace on the caller's thread waits on tier 0 instead.
+    # A graph too big to trace on the caller's thread runs as FX code instead.
     monkeypatch.setattr(lazyjit.backends, "_SCRIPT_MEANWHILE_MAX_NODES", max_nodes)
     hot_after(2)
     compiled = lazyjit.trace(noisy_log_prob)
@@ -360,7 +397,8 @@ def test_differentiable_call_with_inductor_training_compile(hot_after):
     hot_after(1, seconds=0.0, blocking_seconds=0.0)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(10)
-    compiled(x)
+    for _ in range(UNTIMED_CALLS + 1):  # hot at its first timed call
+        compiled(x)
     assert program_of(compiled).lanes["call"].tier == "inductor"
     for seed in range(2):
         torch.manual_seed(seed)

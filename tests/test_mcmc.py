@@ -181,10 +181,14 @@ def test_potential_is_differentiable_through_autograd():
 
 
 def test_nuts_matches_pyro_jit_draw_for_draw():
-    """Same seed, same trajectories: lazyjit changes how the gradient is computed, not what."""
+    """Same seed, same trajectories: lazyjit changes how the gradient is computed, not what.
+    (On TorchScript: a gradient computed inside a graph rounds differently, and a chain
+    is chaotic, so ``auto``'s warm tier matches in distribution only.)"""
     args = gaussian_args()
     kwargs = {"jit_compile": True, "ignore_jit_warnings": True}
-    ours = run_nuts(lazyjit.NUTS(examples.gaussian_model, **kwargs), args, 50)
+    ours = run_nuts(
+        lazyjit.NUTS(examples.gaussian_model, backend="torchscript", **kwargs), args, 50
+    )
     theirs = run_nuts(pyro.infer.mcmc.NUTS(examples.gaussian_model, **kwargs), args, 50)
     for k, v in ours.get_samples().items():
         assert torch.allclose(v, theirs.get_samples()[k], rtol=1e-5, atol=1e-6)
@@ -196,7 +200,8 @@ def test_hmc_matches_pyro_jit_draw_for_draw(full_mass):
     # A fixed step size keeps num_steps (trajectory length / step size) at 5.
     kwargs = {"jit_compile": True, "ignore_jit_warnings": True}
     kwargs.update(step_size=0.1, num_steps=5, adapt_step_size=False)
-    ours = run_nuts(lazyjit.HMC(examples.gaussian_model, full_mass=full_mass, **kwargs), args, 30)
+    hmc = lazyjit.HMC(examples.gaussian_model, full_mass=full_mass, backend="torchscript", **kwargs)
+    ours = run_nuts(hmc, args, 30)
     theirs = run_nuts(
         pyro.infer.mcmc.HMC(examples.gaussian_model, full_mass=full_mass, **kwargs), args, 30
     )
@@ -282,8 +287,12 @@ def test_user_potential_fn_with_jit_compile_is_compiled():
 
 def test_pyro_kernels_accept_the_compiled_potential():
     """Without lazyjit's kernels (no hook), Pyro's NUTS gets the same gradients through
-    autograd on the potential's output, and draws the same chain."""
-    pe = lazyjit.potential_fn(examples.gaussian_model, gaussian_args(), ignore_jit_warnings=True)
+    autograd on the potential's output, and draws the same chain (on TorchScript, whose
+    gradients round as autograd's do)."""
+    args = gaussian_args()
+    pe = lazyjit.potential_fn(
+        examples.gaussian_model, args, backend="torchscript", ignore_jit_warnings=True
+    )
     kwargs = {"initial_params": pe.initial_params, "transforms": pe.transforms}
     theirs = run_nuts(pyro.infer.mcmc.NUTS(potential_fn=pe), (), 30, **kwargs).get_samples()
     ours = run_nuts(lazyjit.NUTS(potential_fn=pe), (), 30, **kwargs).get_samples()
