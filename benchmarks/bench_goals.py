@@ -177,8 +177,8 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
     med = {r.name: r.median_s for r in results}
     rounds = {r.name: r.step_s for r in results}
     for name in (pyro_name, auto_name):
-        rounds = ", ".join(f"{v:.2f}" for v in totals[name])
-        lines.append(f"| {name} | {total[name]:.2f} | {rounds} | {med[name]:.3f} |")
+        listed = ", ".join(f"{v:.2f}" for v in totals[name])
+        lines.append(f"| {name} | {total[name]:.2f} | {listed} | {med[name]:.3f} |")
     goals = [
         (
             "HMM steady epoch (auto)",
@@ -198,7 +198,7 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
 
 def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
     n, repeats = (100, 1) if quick else (500, 2)
-    contending = nuts_kernels(["auto", "inductor"])
+    contending = nuts_kernels(["auto", "aten-jit", "inductor"])
     del contending["Pyro eager"]
     workloads = {
         "seed Gaussian": (examples.gaussian_model, (examples.gaussian_data(100),)),
@@ -237,7 +237,7 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
 
 def compile_section(quick: bool) -> tuple[str, list[Goal]]:
     sizes = [10, 100, 1000]
-    backends = ["torchscript", "aten", "inductor", "auto"]
+    backends = ["torchscript", "aten", "aten-jit", "inductor", "auto"]
     seconds: dict[str, dict[int, float]] = {b: {} for b in backends}
     for size in sizes:
         model = examples.chain_model(size)
