@@ -1036,8 +1036,12 @@ class Lane:
     :ivar kind: ``"call"`` or ``"value_and_grad"``.
     :ivar tier: what runs it now: ``"torchscript"`` or ``"eager"`` (tier 0), ``"aten-jit"``
         or ``"aten"`` (its captured graph on TorchScript, or as FX code) or ``"inductor"``.
-    :ivar warm_seconds: the time spent in it after which its graph is captured.
-    :ivar hot_seconds: the time spent in it after which inductor compiles that graph.
+    :ivar t0: what tier 0 took to get fast: its compile and its first
+        :data:`_UNTIMED_CALLS` calls.
+    :ivar warm_seconds: the time spent in it after which its graph is captured:
+        ``max(warm_floor, warm_factor * t0)``.
+    :ivar hot_seconds: the time spent in it after which inductor compiles that graph:
+        ``max(hot_floor, hot_factor * t0)``.
     :ivar hot_calls: the number of calls after which it is hot, whatever the time.
     :ivar calls: calls counted until it was hot.
     :ivar seconds: seconds spent in those calls, but for the first :data:`_UNTIMED_CALLS`.
@@ -1051,14 +1055,18 @@ class Lane:
         kind: str,
         tier: str,
         hot_calls: float,
-        hot_seconds: float,
-        warm_seconds: float = math.inf,
+        hot_floor: float,
+        hot_factor: float = 0.0,
+        warm_floor: float = math.inf,
+        warm_factor: float = 0.0,
+        t0: float = 0.0,
     ):
         self.kind = kind
         self.tier = tier
-        self.warm_seconds = warm_seconds
-        self.hot_seconds = hot_seconds
         self.hot_calls = hot_calls
+        self._rule = (warm_floor, warm_factor, hot_floor, hot_factor)
+        self.t0 = 0.0
+        self.add_to_t0(t0)
         self.calls = 0
         self.seconds = 0.0
         self.warm = False
@@ -1070,6 +1078,13 @@ class Lane:
         self.runner: LaneRunner  # the current tier, uncounted
         self.base: LaneRunner  # tier 0, uncounted: for a wrt no graph was captured for
 
+    def add_to_t0(self, seconds: float) -> None:
+        """Counts ``seconds`` as tier 0's compile, which moves the thresholds."""
+        warm_floor, warm_factor, hot_floor, hot_factor = self._rule
+        self.t0 += seconds
+        self.warm_seconds = max(warm_floor, warm_factor * self.t0)
+        self.hot_seconds = max(hot_floor, hot_factor * self.t0)
+
 
 # TorchScript's profiling executor profiles a traced function's first call and optimizes
 # it in the second (seconds for the seed HMM's graphs): that is its compile, not its use.
@@ -1077,8 +1092,8 @@ _UNTIMED_CALLS = 2
 
 # Tracing a captured graph stalls the caller, more than linearly in its size (measured on
 # the seed HMM's graphs: 2.3 s for 4,103 nodes, 7.7 s for 7,811, 16.6 s for 11,519, on
-# top of their capture): bigger graphs wait on tier 0 for inductor instead.
-_SCRIPT_MEANWHILE_MAX_NODES = 5000
+# top of their capture): bigger graphs run as FX code instead, which is slower.
+_SCRIPT_MAX_NODES = 5000
 
 
 class TieredProgram(Program):
@@ -1143,14 +1158,14 @@ class TieredProgram(Program):
             timed = lane.calls > _UNTIMED_CALLS
             if timed:
                 lane.seconds += elapsed
+            else:
+                lane.add_to_t0(elapsed)
             if _COMPILER.busy:  # one capture or compile at a time: wait for its end
                 return result
             if lane.calls >= lane.hot_calls or (timed and lane.seconds >= lane.hot_seconds):
                 self._tier_up(lane, inputs, wrt)
             elif timed and not lane.warm and lane.seconds >= lane.warm_seconds:
-                lane.warm = True
-                if self._capture(lane, inputs, wrt) is not None:
-                    self._run_captured(lane, inputs)
+                self._warm_up(lane, inputs, wrt)
             return result
 
         return counted
@@ -1201,6 +1216,14 @@ class TieredProgram(Program):
         )
         return grad
 
+    def _warm_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
+        with self._lock:
+            if lane.warm:  # another thread got there first
+                return
+            lane.warm = True
+        if self._capture(lane, inputs, wrt) is not None:
+            self._run_captured(lane, inputs)
+
     def _tier_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
         with self._lock:
             if lane.hot:  # another thread got there first
@@ -1240,7 +1263,7 @@ class TieredProgram(Program):
         on its tier."""
         graph_module = lane.graph_module
         nodes = len(graph_module.graph.nodes)
-        if nodes > _SCRIPT_MEANWHILE_MAX_NODES:
+        if nodes > _SCRIPT_MAX_NODES:
             self._switch(lane, graph_module.forward, "aten")
             return
         start = time.perf_counter()
@@ -1323,13 +1346,14 @@ class AutoBackend(Backend):
     (with a one-time :class:`LazyJitWarning`; a function whose structure depends on
     tensor values still raises :class:`StructureError`, as with ``"torchscript"``).
     The program is a :class:`TieredProgram`. Each of its lanes (plain calls,
-    ``value_and_grad``) counts the time spent in it from its third call (the first two
-    are TorchScript's profiling and optimizing runs). With ``t0`` what the tier-0 compile
-    took (a bigger graph costs more to capture and compile, so it must prove itself
-    longer), a lane is
+    ``value_and_grad``) counts the time spent in it from its third call. With ``t0`` what
+    tier 0 took to get fast, its compile and its first two calls (TorchScript profiles a
+    graph in the first and optimizes it in the second; all three grow faster than the
+    graph, as a capture and trace do, so a bigger graph must prove itself longer), a
+    lane is
 
     - warm at ``max(warm_seconds, warm_compile_factor * t0)``: its graph is captured on the
-      calling thread (about ``t0`` again) and runs on TorchScript without autograd;
+      calling thread and runs on TorchScript without autograd;
     - hot at ``max(hot_seconds, hot_compile_factor * t0)``, or after ``hot_calls`` calls
       if that comes first: inductor compiles the graph in the background.
 
@@ -1344,7 +1368,7 @@ class AutoBackend(Backend):
     def __init__(
         self,
         warm_seconds: float = 0.1,
-        warm_compile_factor: float = 10.0,
+        warm_compile_factor: float = 3.0,
         hot_seconds: float = 2.0,
         hot_compile_factor: float = 20.0,
         hot_calls: float = math.inf,
@@ -1373,15 +1397,15 @@ class AutoBackend(Backend):
             )
             base, tier = Program(fn), "eager"
         t0 = time.perf_counter() - start
-        hot = max(self.hot_seconds, self.hot_compile_factor * t0)
-        warm = max(self.warm_seconds, self.warm_compile_factor * t0)
+        hot = (self.hot_seconds, self.hot_compile_factor)
+        warm = (self.warm_seconds, self.warm_compile_factor)
         # The grad mode is in the cache key: the inputs tell how every call will be made.
         if _needs_autograd(inputs):
-            blocking = max(self.blocking_hot_seconds, self.hot_compile_factor * t0)
-            plain = Lane("call", tier, math.inf, blocking)
+            blocking = (self.blocking_hot_seconds, self.hot_compile_factor)
+            plain = Lane("call", tier, math.inf, *blocking, t0=t0)
         else:
-            plain = Lane("call", tier, self.hot_calls, hot, warm)
-        grad = Lane("value_and_grad", tier, self.hot_calls, hot, warm)
+            plain = Lane("call", tier, self.hot_calls, *hot, *warm, t0=t0)
+        grad = Lane("value_and_grad", tier, self.hot_calls, *hot, *warm, t0=t0)
         return TieredProgram(fn, base, {"call": plain, "value_and_grad": grad})
 
 

@@ -194,9 +194,9 @@ class _FusedStep:
         with torch.enable_grad():  # the gradients are taken inside the graph
             graph_module, _ = capture(flat, [*params, *leaves, *self.state])
         # FX code at once; inductor compiles the graph in the background from the first call.
-        lane = Lane("call", "aten", hot_calls=1, hot_seconds=math.inf)
+        lane = Lane("call", "aten", hot_calls=1, hot_floor=math.inf)
         lane.graph_module = graph_module
-        never = Lane("value_and_grad", "aten", hot_calls=math.inf, hot_seconds=math.inf)
+        never = Lane("value_and_grad", "aten", hot_calls=math.inf, hot_floor=math.inf)
         self.program = TieredProgram(
             flat, Program(graph_module.forward), {"call": lane, "value_and_grad": never}
         )

@@ -226,6 +226,23 @@ def test_works_without_torchscript(monkeypatch, hot_after, fx_for_inductor):
     assert compiled.stats.fallbacks == 0
 
 
+def test_tier_zero_first_calls_count_as_its_compile(monkeypatch, hot_after):
+    hot_after(float("inf"))
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "warm_seconds", 0.0)
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "warm_compile_factor", 1e6)
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    compiled.value_and_grad(x)
+    lane = program_of(compiled).lanes["value_and_grad"]
+    t0 = lane.t0
+    compiled.value_and_grad(x)  # TorchScript's optimizing run
+    assert lane.t0 > t0 and lane.seconds == 0.0
+    assert lane.warm_seconds == pytest.approx(1e6 * lane.t0)
+    t0 = lane.t0
+    compiled.value_and_grad(x)  # its use
+    assert lane.t0 == t0 and lane.seconds > 0.0 and not lane.warm
+
+
 def test_warm_lane_runs_its_graph_on_torchscript_before_it_is_hot(monkeypatch, fx_for_inductor):
     auto = lazyjit.BACKENDS["auto"]
     monkeypatch.setattr(auto, "warm_seconds", 0.0)
@@ -255,7 +272,7 @@ def test_runs_the_graph_on_torchscript_while_inductor_compiles(
     monkeypatch, hot_after, held_inductor, max_nodes, meanwhile
 ):
     # A graph too big to trace on the caller's thread runs as FX code instead.
-    monkeypatch.setattr(lazyjit.backends, "_SCRIPT_MEANWHILE_MAX_NODES", max_nodes)
+    monkeypatch.setattr(lazyjit.backends, "_SCRIPT_MAX_NODES", max_nodes)
     hot_after(2)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)
