@@ -150,6 +150,18 @@ def test_starts_on_torchscript():
     assert isinstance(program, TieredProgram) and isinstance(program.base, TorchScriptProgram)
     assert {lane.tier for lane in program.lanes.values()} == {"torchscript"}
     assert program.lanes["value_and_grad"].calls == 3 and program.lanes["call"].calls == 3
+    # Tier 0 runs until a graph is captured: TorchScript's optimization would not pay.
+    assert program.base.optimize is False and lazyjit.BACKENDS["torchscript"].optimize
+    assert torch._C._get_graph_executor_optimize()  # the flag is put back after each call
+
+
+def test_unoptimized_torchscript_runs_with_the_executor_optimization_off():
+    seen = []
+    real = TorchScriptProgram(lambda x: (seen.append(torch._C._get_graph_executor_optimize()), x))
+    unoptimized = TorchScriptProgram(real.script, optimize=False)
+    real(torch.ones(()))
+    unoptimized(torch.ones(()))
+    assert seen == [True, False] and torch._C._get_graph_executor_optimize()
 
 
 def test_tiers_up_when_hot_and_matches_eager_throughout(hot_after, fx_for_inductor):
