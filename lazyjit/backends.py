@@ -1063,7 +1063,7 @@ class Lane:
     :ivar kind: ``"call"`` or ``"value_and_grad"``.
     :ivar tier: what runs it now: ``"torchscript"`` or ``"eager"`` (tier 0), ``"aten-jit"``
         or ``"aten"`` (its captured graph on TorchScript, or as FX code) or ``"inductor"``.
-    :ivar t0: what tier 0 took to get fast: its compile and its first
+    :ivar t0: what tier 0 took to get going: its compile and its first
         :data:`_UNTIMED_CALLS` calls.
     :ivar warm_seconds: the time spent in it after which its graph is captured:
         ``max(warm_floor, warm_factor * t0)``.
@@ -1113,8 +1113,10 @@ class Lane:
         self.hot_seconds = max(hot_floor, hot_factor * self.t0)
 
 
-# TorchScript's profiling executor profiles a traced function's first call and optimizes
-# it in the second (seconds for the seed HMM's graphs): that is its compile, not its use.
+# A traced function's first calls build its execution plan (an optimizing executor
+# profiles the first and optimizes in the second: seconds for the seed HMM's graphs, and
+# "eager" tier 0 after a TorchScript failure pays Pyro's first-call caches): that is its
+# compile, not its use.
 _UNTIMED_CALLS = 2
 
 # Tracing a captured graph stalls the caller, more than linearly in its size (measured on
@@ -1369,15 +1371,14 @@ class AutoBackend(Backend):
     """Tiered compilation: TorchScript first (cheap to compile), then the captured graph
     on TorchScript once warm, inductor once hot.
 
-    The first call compiles with TorchScript, or runs eagerly where TorchScript fails
+    The first call compiles with TorchScript, its executor's optimization off (tier 0
+    lasts only until a graph is captured), or runs eagerly where TorchScript fails
     (with a one-time :class:`LazyJitWarning`; a function whose structure depends on
     tensor values still raises :class:`StructureError`, as with ``"torchscript"``).
     The program is a :class:`TieredProgram`. Each of its lanes (plain calls,
     ``value_and_grad``) counts the time spent in it from its third call. With ``t0`` what
-    tier 0 took to get fast, its compile and its first two calls (TorchScript profiles a
-    graph in the first and optimizes it in the second; all three grow faster than the
-    graph, as a capture and trace do, so a bigger graph must prove itself longer), a
-    lane is
+    tier 0 took to get going, its compile and its first two calls (a bigger graph costs
+    more to capture, so it must prove itself longer), a lane is
 
     - warm at ``max(warm_seconds, warm_compile_factor * t0)``: its graph is captured on the
       calling thread and runs on TorchScript without autograd;
