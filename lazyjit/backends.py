@@ -188,7 +188,9 @@ class TorchScriptBackend(Backend):
         return TorchScriptProgram(script, self.optimize)
 
 
-def _jit_trace(fn: Flat, inputs: tuple[torch.Tensor, ...], options: dict[str, Any]) -> Any:
+def _jit_trace(
+    fn: Flat, inputs: tuple[torch.Tensor, ...], options: dict[str, Any], names: bool = True
+) -> Any:
     """``torch.jit.trace(fn, inputs, **options)``, without its leak where it can.
 
     ``torch.jit.trace`` registers every function it traces in one process-wide
@@ -197,6 +199,10 @@ def _jit_trace(fn: Flat, inputs: tuple[torch.Tensor, ...], options: dict[str, An
     puts the graph in a CompilationUnit of the entry's own, freed with it. Options only
     ``torch.jit.trace`` implements (``check_trace=True``, ``check_inputs``, ...) take
     the leaky road.
+
+    ``names=False`` leaves the graph's values unnamed. The tracer names each value by
+    scanning the locals of the frame that made it: quadratic in an FX forward's thousands
+    of locals (measured on a 7,504-node graph: 5.3 s to trace with names, 1.6 s without).
     """
     private = {"check_trace", "strict", "_force_outplace"}
     if options.get("check_trace") or not set(options) <= private or not torch.jit._state._enabled:
@@ -206,11 +212,15 @@ def _jit_trace(fn: Flat, inputs: tuple[torch.Tensor, ...], options: dict[str, An
     graph, _ = torch._C._create_graph_by_tracing(
         fn,
         inputs,
-        _create_interpreter_name_lookup_fn(),
+        _create_interpreter_name_lookup_fn() if names else _no_name,
         options.get("strict", True),
         options.get("_force_outplace", False),
     )
     return torch._C.CompilationUnit().create_function("lazyjit_trace", graph)
+
+
+def _no_name(value: torch.Tensor) -> str:
+    return ""
 
 
 # TracerWarnings that mean the trace baked in a decision taken on a tensor's value.
@@ -554,7 +564,7 @@ def script_graph(graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad
         # FX code reads no tensor value (make_fx would have refused to capture it), so
         # the tracer has nothing to warn about but its own deprecation.
         warnings.simplefilter("ignore")
-        return _jit_trace(graph_module.forward, tuple(inputs), {})
+        return _jit_trace(graph_module.forward, tuple(inputs), {}, names=False)
 
 
 class AtenJitBackend(AtenBackend):
@@ -1120,9 +1130,10 @@ class Lane:
 _UNTIMED_CALLS = 2
 
 # Tracing a captured graph stalls the caller, more than linearly in its size (measured on
-# the seed HMM's graphs: 2.3 s for 4,103 nodes, 7.7 s for 7,811, 16.6 s for 11,519, on
-# top of their capture): bigger graphs run as FX code instead, which is slower.
-_SCRIPT_MAX_NODES = 5000
+# the seed HMM's graphs: 0.8 s for 4,103 nodes, 2.6 s for 7,811, 5.4 s for 11,519, on top
+# of their capture; 16 s for a 25,004-node chain): bigger graphs run as FX code instead,
+# which is slower.
+_SCRIPT_MAX_NODES = 12000
 
 
 class TieredProgram(Program):

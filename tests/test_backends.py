@@ -417,6 +417,22 @@ def test_failed_graph_compile_runs_fx_code(monkeypatch, backend):
         assert_matches_eager(compiled, scale_log_prob, x, y)
 
 
+def test_captured_graphs_are_traced_without_value_names(monkeypatch):
+    """TorchScript names each traced value by scanning the locals of the frame that made
+    it: quadratic in a captured graph's FX code, whose locals are its nodes."""
+    import torch.jit._trace
+
+    def named(*args, **kwargs):
+        raise AssertionError("the tracer looked up value names")
+
+    monkeypatch.setattr(torch.jit._trace, "_create_interpreter_name_lookup_fn", named)
+    compiled = lazyjit.trace(scale_log_prob, backend="aten-jit")
+    x, y = torch.randn(5), torch.randn(5)
+    assert_matches_eager(compiled, scale_log_prob, x, y)
+    with pytest.warns(LazyJitWarning, match="value names"):  # TorchScript's own traces do
+        lazyjit.trace(scale_log_prob, backend="torchscript")(x, y)
+
+
 def test_no_grad_call_and_value_and_grad_entries():
     compiled = lazyjit.trace(scale_log_prob, backend="aten")
     x, y = torch.randn(5), torch.randn(5)
