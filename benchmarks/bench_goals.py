@@ -18,7 +18,8 @@ Sections (each prints its own table, then one table of all goals with PASS/FAIL)
    100 with ``--quick``): wall time of ``MCMC.run``, compilation included.
 5. Compile time against model size (a chain of 10, 100, 1000 sample sites), per
    backend: the first three potential-and-gradient calls minus three steady ones
-   (TorchScript profiles a graph in its first call and optimizes it in the second).
+   (``lazyjit.demo.time_grad``: TorchScript profiles a graph in its first call and
+   optimizes it in the second).
 
 Timings on a small shared machine are noisy: contenders alternate, figures are
 medians, ratios the median of each round's ratio (``lazyjit.timing.paired_ratio``), and
@@ -45,13 +46,16 @@ from lazyjit import examples
 from lazyjit.backends import wait_for_compiles
 from lazyjit.bench import settle, steady
 from lazyjit.demo import (
+    FIRST_CALLS,
     fused_svi,
     gaussian_contenders,
     hmm_contenders,
+    lazyjit_potential_grad,
     numpyro_svi,
     nuts_kernels,
     pyro_svi_floor,
     run_nuts,
+    time_grad,
 )
 from lazyjit.timing import Step, compare, paired_ratio, table
 
@@ -239,17 +243,6 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
     return "\n".join(lines), goals
 
 
-# TorchScript compiles over its first calls too: it profiles the first and optimizes the
-# graph in the second (21 s of the 1,000-site chain's, against a 3 s trace).
-_FIRST_CALLS = 3
-
-
-def _timed(fn: Callable, *args: object) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def compile_section(quick: bool) -> tuple[str, list[Goal]]:
     sizes = [10, 100, 1000]
     backends = ["torchscript", "aten", "aten-jit", "inductor", "auto"]
@@ -259,13 +252,10 @@ def compile_section(quick: bool) -> tuple[str, list[Goal]]:
         for backend in backends:
             if quick and backend == "inductor" and size == 1000:
                 continue
-            potential = lazyjit.potential_fn(model, backend=backend, ignore_jit_warnings=True)
-            z = potential.initial_params
-            calls = [_timed(potential.value_and_grad, z) for _ in range(_FIRST_CALLS + 5)]
-            steady = statistics.median(calls[_FIRST_CALLS:])
-            seconds[backend][size] = sum(calls[:_FIRST_CALLS]) - _FIRST_CALLS * steady
+            make = lazyjit_potential_grad(backend)
+            seconds[backend][size], _ = time_grad(make, model, (), calls=1)
     lines = [
-        f"### Compile time (s) against model size: the first {_FIRST_CALLS} potential+gradient "
+        f"### Compile time (s) against model size: the first {FIRST_CALLS} potential+gradient "
         "calls minus as many steady ones",
         "",
         "| backend | "

@@ -14,7 +14,8 @@ machine does not leave OpenMP threads spinning; all contenders alike.
 - steps: leapfrog steps in a run (one potential+gradient evaluation each);
 - wall/step: wall time over steps, i.e. one gradient plus NUTS's own bookkeeping;
 - grad: one potential+gradient evaluation alone, as the integrator asks for it;
-- compile: the first potential+gradient evaluation minus a steady one.
+- compile: the first three potential+gradient evaluations minus three steady ones
+  (``lazyjit.demo.time_grad``; TorchScript optimizes a graph in its second call).
 """
 
 from __future__ import annotations

@@ -1124,9 +1124,8 @@ class Lane:
 
 
 # A traced function's first calls build its execution plan (an optimizing executor
-# profiles the first and optimizes in the second: seconds for the seed HMM's graphs, and
-# "eager" tier 0 after a TorchScript failure pays Pyro's first-call caches): that is its
-# compile, not its use.
+# profiles the first and optimizes in the second: seconds for the seed HMM's graphs):
+# that is its compile, not its use.
 _UNTIMED_CALLS = 2
 
 # Tracing a captured graph stalls the caller, more than linearly in its size (measured on
@@ -1298,7 +1297,7 @@ class TieredProgram(Program):
         """Switches the lane to its captured graph traced by TorchScript (as
         ``"aten-jit"`` does): tracing costs one run of the graph, and the graph, which
         needs no autograd at call time, runs about twice as fast as tier 0 (measured on
-        the NUTS potentials; 4x on the seed HMM). A graph too big to trace on the caller's
+        the NUTS potentials; 3.5x on the seed HMM's epoch). A graph too big to trace on the caller's
         thread runs as FX code (as ``"aten"`` does); where tracing fails, the lane stays
         on its tier."""
         graph_module = lane.graph_module
@@ -1436,15 +1435,26 @@ class AutoBackend(Backend):
             )
             base, tier = Program(fn), "eager"
         t0 = time.perf_counter() - start
-        hot = (self.hot_seconds, self.hot_compile_factor)
-        warm = (self.warm_seconds, self.warm_compile_factor)
+        rule = {
+            "hot_floor": self.hot_seconds,
+            "hot_factor": self.hot_compile_factor,
+            "warm_floor": self.warm_seconds,
+            "warm_factor": self.warm_compile_factor,
+            "t0": t0,
+        }
         # The grad mode is in the cache key: the inputs tell how every call will be made.
         if _needs_autograd(inputs):
-            blocking = (self.blocking_hot_seconds, self.hot_compile_factor)
-            plain = Lane("call", tier, math.inf, *blocking, t0=t0)
+            plain = Lane(
+                "call",
+                tier,
+                math.inf,
+                hot_floor=self.blocking_hot_seconds,
+                hot_factor=self.hot_compile_factor,
+                t0=t0,
+            )
         else:
-            plain = Lane("call", tier, self.hot_calls, *hot, *warm, t0=t0)
-        grad = Lane("value_and_grad", tier, self.hot_calls, *hot, *warm, t0=t0)
+            plain = Lane("call", tier, self.hot_calls, **rule)
+        grad = Lane("value_and_grad", tier, self.hot_calls, **rule)
         return TieredProgram(fn, base, {"call": plain, "value_and_grad": grad})
 
 
