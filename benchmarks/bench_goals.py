@@ -36,7 +36,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pyro
 import torch
@@ -62,6 +62,12 @@ from lazyjit.timing import Step, compare, paired_ratio, table
 # (goal, target ratio, measured ratio, what the ratio compares)
 Goal = tuple[str, float, float, str]
 AUTO = "lazyjit JitTrace_ELBO (auto)"
+
+
+def in_turn(names: Iterable[str], round_: int) -> list[str]:
+    """``names`` in order in even rounds, reversed in odd ones: none always goes first."""
+    names = list(names)
+    return names if round_ % 2 == 0 else names[::-1]
 
 
 def svi_section(quick: bool) -> tuple[str, list[Goal]]:
@@ -118,7 +124,7 @@ def first_call_section(rounds: int) -> tuple[str, list[Goal]]:
     for i in range(rounds):
         pyro.clear_param_store()
         fresh = gaussian_contenders(["auto"])
-        order = list(firsts) if i % 2 == 0 else list(reversed(firsts))
+        order = in_turn(firsts, i)
         for result in compare({name: fresh[name] for name in order}, steps=1, repeats=1):
             firsts[result.name].append(result.first_s)
     med = {name: statistics.median(v) for name, v in firsts.items()}
@@ -142,7 +148,7 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
     for i in range(scratch_rounds):
         pyro.clear_param_store()
         fresh = hmm_contenders(["auto"], small=quick)
-        order = [pyro_name, auto_name][:: 1 if i == 0 else -1]
+        order = in_turn([pyro_name, auto_name], i)
         for r in compare({name: fresh[name] for name in order}, 1, repeats=1):
             totals[r.name].append(r.first_s + r.step_s[0])
         wait_for_compiles()  # what two epochs left compiling must not meet what follows
@@ -223,7 +229,7 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
         walls: dict[str, list[float]] = {name: [] for name in contending}
         steps: dict[str, int] = {}
         for i in range(repeats):
-            for name in list(contending)[:: 1 if i % 2 == 0 else -1]:
+            for name in in_turn(contending, i):
                 kernel_factory, _ = contending[name]
                 wall, steps[name] = run_nuts(kernel_factory, model, args, n)
                 walls[name].append(wall)
