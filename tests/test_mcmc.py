@@ -15,6 +15,7 @@ from pyro.infer import MCMC
 from pyro.infer.autoguide.initialization import init_to_sample, init_to_uniform
 from pyro.ops.integrator import potential_grad
 from pyro.ops.stats import effective_sample_size
+from torch.testing import assert_close
 
 import lazyjit
 import lazyjit.mcmc
@@ -22,6 +23,8 @@ from lazyjit import LazyJitError, StructureWarning, examples
 
 # "aten" returns gradients computed inside its graph through the same value_and_grad.
 BACKENDS = [b for b in ("torchscript", "eager", "aten", "aten-jit") if b in lazyjit.BACKENDS]
+
+SLOW = pytest.mark.slow
 
 # Pyro's own jit, the reference in some tests, warns that torch.jit.trace is deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*:DeprecationWarning")
@@ -209,8 +212,12 @@ def test_hmc_matches_pyro_jit_draw_for_draw(full_mass):
         assert torch.allclose(v, theirs.get_samples()[k], rtol=1e-5, atol=1e-6)
 
 
-def test_integrator_gets_value_and_grad(monkeypatch):
-    """Every gradient NUTS asks for comes from value_and_grad; the hook is undone after."""
+@pytest.mark.parametrize(
+    "kernel_class, backend", [(lazyjit.NUTS, "torchscript"), (lazyjit.HMC, "auto")]
+)
+def test_integrator_gets_value_and_grad(monkeypatch, kernel_class, backend):
+    """Every gradient the integrator asks for comes from value_and_grad (where NUTS does
+    not compile its leaves whole); the hook is undone after."""
     calls = []
     original = lazyjit.CompiledPotential.value_and_grad
 
@@ -229,11 +236,97 @@ def test_integrator_gets_value_and_grad(monkeypatch):
         pyro.ops.integrator, "_single_step_verlet", lambda *a: steps.append(1) or step(*a)
     )
     hooked = [m.potential_grad for m in lazyjit.mcmc._HOOKED_MODULES]
-    kernel = lazyjit.NUTS(examples.gaussian_model, jit_compile=True, ignore_jit_warnings=True)
+    kernel = kernel_class(
+        examples.gaussian_model, jit_compile=True, ignore_jit_warnings=True, backend=backend
+    )
     run_nuts(kernel, gaussian_args(), 20)
     assert len(calls) >= len(steps) > 40
     assert [m.potential_grad for m in lazyjit.mcmc._HOOKED_MODULES] == hooked
     assert pyro.ops.integrator.potential_grad is potential_grad
+
+
+def nuts_state(model, args, **kwargs):
+    """A NUTS kernel set up on ``model`` and moved 15 iterations from its initial point,
+    and a leaf's inputs there: (kernel, z, r, z_grads, log_slice, energy)."""
+    pyro.set_rng_seed(3)
+    kernel = lazyjit.NUTS(model, jit_compile=True, ignore_jit_warnings=True, **kwargs)
+    kernel.setup(10, *args)
+    params = kernel.initial_params
+    for _ in range(15):
+        params = kernel.sample(params)
+    z, potential_energy, z_grads = kernel._fetch_from_cache()
+    r, r_unscaled = kernel._sample_r(name="r")
+    energy = kernel._kinetic_energy(r_unscaled) + potential_energy
+    return kernel, z, r, z_grads, -energy - 0.1, energy
+
+
+LEAF_CASES = {
+    "gaussian": (examples.gaussian_model, gaussian_args, {}),
+    "dense_mass": (examples.gaussian_model, gaussian_args, {"full_mass": True}),
+    "slice_sampling": (eight_schools, eight_schools_args, {"use_multinomial_sampling": False}),
+    "constrained": (constrained_model, constrained_args, {}),
+}
+
+
+@pytest.mark.parametrize("case", LEAF_CASES)
+@pytest.mark.parametrize("backend", ["aten-jit", "auto", pytest.param("inductor", marks=SLOW)])
+def test_compiled_leaf_matches_pyro_leaf(backend, case):
+    """A compiled leaf is Pyro's ``_build_basetree``, field by field, both directions, over
+    a changing step size and mass matrix (inputs, not constants of the leaf)."""
+    model, make_args, kwargs = LEAF_CASES[case]
+    kernel, z, r, z_grads, log_slice, energy = nuts_state(model, make_args(), backend=backend)
+    assert kernel._compiled_leaf() is not None
+    pyro_leaf = pyro.infer.mcmc.NUTS._build_basetree
+    adapter = kernel.mass_matrix_adapter
+    for i in range(6):
+        if i == 3:
+            adapter.inverse_mass_matrix = {
+                k: 2.0 * v + 0.1 * torch.eye(len(v)) if v.dim() == 2 else 1.5 * v
+                for k, v in adapter.inverse_mass_matrix.items()
+            }
+        kernel._adapter.step_size *= 1.1
+        for direction in (1, 0):
+            with lazyjit.mcmc._compiled_gradients():
+                ours = kernel._build_basetree(z, r, z_grads, log_slice, direction, energy)
+                theirs = pyro_leaf(kernel, z, r, z_grads, log_slice, direction, energy)
+            for field in theirs._fields:
+                # The weight is the new energy minus the slice's: a difference of two
+                # large numbers, exact only to their rounding.
+                atol = 1e-5 + (1e-6 * energy.abs().item() if field == "weight" else 0.0)
+                assert_close(
+                    getattr(ours, field),
+                    getattr(theirs, field),
+                    rtol=1e-4,
+                    atol=atol,
+                    msg=lambda m, f=field: f"{f}: {m}",
+                )
+    # auto's leaf starts eager; make it reach its compiled tiers too.
+    assert kernel._leaf.compiled.stats.fallbacks == 0
+
+
+def test_compiled_leaf_auto_tiers_up_and_stays_right(monkeypatch):
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "warm_seconds", 0.0)
+    monkeypatch.setattr(lazyjit.mcmc, "LEAF_HOT_SECONDS", math.inf)  # not inductor yet
+    kernel, z, r, z_grads, log_slice, energy = nuts_state(
+        examples.gaussian_model, gaussian_args(), backend="auto"
+    )
+    (program,) = kernel._leaf.compiled.compiled.values()
+    assert program.lanes["call"].tier == "aten-jit"
+    with lazyjit.mcmc._compiled_gradients():
+        ours = kernel._build_basetree(z, r, z_grads, log_slice, 1, energy)
+        theirs = pyro.infer.mcmc.NUTS._build_basetree(kernel, z, r, z_grads, log_slice, 1, energy)
+    assert_close(tuple(ours), tuple(theirs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["aten-jit", "auto"])
+def test_nuts_with_compiled_leaves_samples_the_posterior(backend):
+    args = gaussian_args()
+    kwargs = {"jit_compile": True, "ignore_jit_warnings": True}
+    kernel = lazyjit.NUTS(examples.gaussian_model, backend=backend, **kwargs)
+    ours = run_nuts(kernel, args, 300).get_samples()
+    assert kernel._leaf is not None and kernel._leaf.compiled.stats.hits > 100
+    theirs = run_nuts(pyro.infer.mcmc.NUTS(examples.gaussian_model), args, 300, seed=2)
+    assert_same_posterior_means(ours, theirs.get_samples(), ["loc", "scale"])
 
 
 def test_singular_matrix_gives_nan_energy_like_pyro():
