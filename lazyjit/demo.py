@@ -21,7 +21,7 @@ from pyro.optim import Adam
 from . import examples
 from .elbo import JitTrace_ELBO, JitTraceEnum_ELBO
 from .jit import trace
-from .mcmc import NUTS, potential_fn
+from .mcmc import NUTS, CompiledLeaf, potential_fn
 from .svi import SVI
 from .timing import Step, compare, table
 
@@ -225,22 +225,36 @@ def nuts_kernels(backends: list[str]) -> dict[str, NutsContender]:
 
 class LeapfrogCounter:
     """Counts leapfrog steps (one potential+gradient evaluation each): ``velocity_verlet``
-    looks ``_single_step_verlet`` up in its module on every step, whichever kernel runs."""
+    looks ``_single_step_verlet`` up in its module on every step, whichever kernel runs,
+    and a :class:`lazyjit.mcmc.CompiledLeaf` call is one step (the steps its eager tier
+    runs inside are not counted again)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._original = pyro.ops.integrator._single_step_verlet
+        self._in_leaf = False
+        self._step = pyro.ops.integrator._single_step_verlet
+        self._leaf = CompiledLeaf.__call__
 
     def __enter__(self) -> LeapfrogCounter:
-        def counted(*args, **kwargs):
-            self.count += 1
-            return self._original(*args, **kwargs)
+        def step(*args, **kwargs):
+            self.count += not self._in_leaf
+            return self._step(*args, **kwargs)
 
-        pyro.ops.integrator._single_step_verlet = counted
+        def leaf(*args, **kwargs):
+            self.count += 1
+            self._in_leaf = True
+            try:
+                return self._leaf(*args, **kwargs)
+            finally:
+                self._in_leaf = False
+
+        pyro.ops.integrator._single_step_verlet = step
+        CompiledLeaf.__call__ = leaf
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pyro.ops.integrator._single_step_verlet = self._original
+        pyro.ops.integrator._single_step_verlet = self._step
+        CompiledLeaf.__call__ = self._leaf
 
 
 def run_nuts(kernel_factory: Callable, model: Callable, args: tuple, n: int) -> tuple[float, int]:
