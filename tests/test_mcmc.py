@@ -306,7 +306,9 @@ def test_compiled_leaf_matches_pyro_leaf(backend, case):
 
 def test_compiled_leaf_auto_tiers_up_and_stays_right(monkeypatch):
     monkeypatch.setattr(lazyjit.BACKENDS["auto"], "warm_seconds", 0.0)
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "warm_compile_factor", 0.0)
     monkeypatch.setattr(lazyjit.mcmc, "LEAF_HOT_SECONDS", math.inf)  # not inductor yet
+    lazyjit.backends.wait_for_compiles()  # an earlier test's compile would hold tier-ups
     kernel, z, r, z_grads, log_slice, energy = nuts_state(
         examples.gaussian_model, gaussian_args(), backend="auto"
     )
