@@ -1155,7 +1155,8 @@ class TieredProgram(Program):
     """The ``"auto"`` backend's program: tier 0, then its captured graph on TorchScript
     once warm, then inductor once hot.
 
-    Tier 0 is the TorchScript program, or the eager function where TorchScript failed.
+    Tier 0 is the program of :attr:`AutoBackend.first` (TorchScript unless set), or the
+    eager function where that failed.
     Plain calls and ``value_and_grad`` are two :class:`Lane`\\ s, each tiered up on its
     own. A lane counts its calls and the seconds spent in them (see :class:`AutoBackend`
     for the rule). Once warm, its aten graph is captured on the calling thread (``make_fx``
@@ -1416,8 +1417,9 @@ class AutoBackend(Backend):
     count. Set these on ``lazyjit.BACKENDS["auto"]``; they apply to programs compiled
     afterwards. ``docs/backends.md`` has the measurements behind the defaults.
 
-    ``first`` replaces tier 0: ``Backend()`` runs eagerly until warm, for a function that
-    TorchScript cannot trace (one that differentiates inside, like a NUTS leaf).
+    ``first`` (an attribute too) replaces tier 0: ``Backend()`` runs eagerly until warm,
+    for a function that TorchScript cannot trace (one that differentiates inside, like a
+    NUTS leaf).
     """
 
     name = "auto"
@@ -1438,12 +1440,12 @@ class AutoBackend(Backend):
         self.hot_compile_factor = hot_compile_factor
         self.hot_calls = hot_calls
         self.blocking_hot_seconds = blocking_hot_seconds
-        self._first = TorchScriptBackend(optimize=False) if first is None else first
+        self.first = TorchScriptBackend(optimize=False) if first is None else first
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
         start = time.perf_counter()
         try:
-            base, tier = self._first.compile(fn, inputs, options), self._first.name
+            base, tier = self.first.compile(fn, inputs, options), self.first.name
         except StructureError:
             raise
         except Exception as e:  # noqa: BLE001 - eager is tier 0 where TorchScript fails

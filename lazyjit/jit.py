@@ -132,7 +132,7 @@ class CompiledFunction:
         fn: Callable,
         ignore_warnings: bool = False,
         jit_options: dict | None = None,
-        backend: str = "auto",
+        backend: str | Backend = "auto",
         *,
         strict: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
@@ -371,7 +371,7 @@ def trace(
     *,
     ignore_warnings: bool = False,
     jit_options: dict | None = None,
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     strict: bool = False,
     cache_size: int = DEFAULT_CACHE_SIZE,
     verify: int = 0,
@@ -391,8 +391,9 @@ def trace(
     :param backend: ``"auto"`` (TorchScript first, inductor in the background once an
         entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
         (a ``make_fx`` graph run as FX code), ``"aten-jit"`` (that graph run by
-        TorchScript) or ``"inductor"`` (that graph compiled by inductor); see
-        ``docs/backends.md``.
+        TorchScript) or ``"inductor"`` (that graph compiled by inductor), or a
+        :class:`lazyjit.backends.Backend` instance (say, an ``AutoBackend`` with other
+        thresholds); see ``docs/backends.md``.
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when
         compiling fails or the function's structure depends on tensor values.
     :param cache_size: the most compiled entries kept; the least recently used goes.

@@ -14,6 +14,7 @@ See ``docs/mcmc.md``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -443,17 +444,11 @@ def _leaf_auto(auto: AutoBackend) -> AutoBackend:
     # TorchScript's tracer cannot record the gradient inside a leaf, so tier 0 is eager
     # (the leaf's ops one by one, as Pyro runs them). The tiers above are auto's own; the
     # hot threshold is lower once inductor's start-up is paid.
-    return AutoBackend(
-        warm_seconds=auto.warm_seconds,
-        warm_compile_factor=auto.warm_compile_factor,
-        hot_seconds=min(auto.hot_seconds, LEAF_HOT_SECONDS)
-        if inductor_started()
-        else auto.hot_seconds,
-        hot_compile_factor=auto.hot_compile_factor,
-        hot_calls=auto.hot_calls,
-        blocking_hot_seconds=auto.blocking_hot_seconds,
-        first=Backend(),
-    )
+    leaf = copy.copy(auto)
+    leaf.first = Backend()
+    if inductor_started():
+        leaf.hot_seconds = min(auto.hot_seconds, LEAF_HOT_SECONDS)
+    return leaf
 
 
 def _leaf_structure(kernel: NUTS) -> tuple[tuple, tuple, tuple]:
