@@ -58,7 +58,8 @@ _unhashable_warned: set[type] = set()
 
 def _tensor(obj: torch.Tensor, leaves: list, idents: list) -> tuple:
     leaves.append(obj)
-    return (_TENSOR, obj.shape, obj.dtype, obj.device, obj.requires_grad)
+    # Strides too: inductor compiles for a layout and refuses another one.
+    return (_TENSOR, obj.shape, obj.stride(), obj.dtype, obj.device, obj.requires_grad)
 
 
 def _value(obj: Any, leaves: list, idents: list) -> tuple:

@@ -87,6 +87,21 @@ def test_log_prob_example(backend):
     assert pyro.param("scale").unconstrained().grad is None  # nothing accumulated
     assert compiled.stats.fallbacks == 0
 
+@pytest.mark.parametrize("backend", ["aten", "inductor"])
+def test_a_strided_argument_gets_its_own_entry(backend):
+    # Inductor compiles for the strides it saw: a view with the same shape and other
+    # strides once failed its size asserts instead of compiling again.
+    compiled = lazyjit.trace(scale_log_prob, backend=backend)
+    x, y = torch.randn(100), torch.randn(100)
+    compiled.value_and_grad(x, y)
+    strided_y = torch.randn(100, 2)[:, 0].copy_(y)
+    value, grads = compiled.value_and_grad(x, strided_y)
+    expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
+    assert_close(value, expected)
+    assert_close(grads.params, expected_grads)
+    assert len(compiled.compiled) == 2
+
+
 
 def test_aten_graph_is_fx_code_with_gradients_inside():
     compiled = lazyjit.trace(scale_log_prob, backend="aten")
