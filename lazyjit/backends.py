@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import copy
 import functools
+import inspect
 import linecache
 import logging
 import math
@@ -613,7 +614,55 @@ def inductor_compile(
             config_patches={**INDUCTOR_CONFIG, **(config or {})},
         )
     _inductor_started = True
-    return compiled
+    return (not grad and _direct_runner(compiled, graph_module, len(inputs))) or compiled
+
+
+def _direct_runner(compiled: Runner, graph_module: GraphModule, num_inputs: int) -> Runner | None:
+    """The inductor code inside ``compiled`` (an inference graph), called without
+    aot_autograd's runtime wrappers; ``None`` unless they would do nothing but pass the
+    inputs on.
+
+    The wrappers restore input mutations, output aliases and deduplicated inputs. Where
+    aot_autograd's metadata shows none of them, they only cost time: 15 us of an SVI
+    step on the seed Gaussian model (about 8 %), measured in the step's loop.
+    """
+    from torch._functorch._aot_autograd.schemas import PlainTensorMeta
+    from torch._inductor.output_code import OutputCode
+
+    serialize = getattr(compiled, "serialize", None)  # set where aot_autograd caches
+    meta = getattr(serialize() if serialize else None, "runtime_metadata", None)
+    code = inspect.unwrap(compiled)
+    # aot_autograd passes the module's params and buffers (captured constants) first.
+    constants = [
+        t
+        for named in (graph_module.named_parameters, graph_module.named_buffers)
+        for _, t in named(remove_duplicate=False)
+    ]
+    num_outputs = len(graph_module.graph.output_node().args[0])
+    if (
+        meta is None
+        or not isinstance(code, OutputCode)
+        or len(meta.input_info) != len(constants) + num_inputs
+        or any(
+            i.mutates_data or i.mutates_metadata or i.mutates_storage_metadata
+            for i in meta.input_info
+        )
+        or meta.num_outputs != num_outputs
+        or meta.num_outputs_aliased
+        or meta.num_intermediate_bases
+        or meta.tokens
+        or meta.is_rng_op_functionalized
+        or not all(
+            isinstance(m, PlainTensorMeta)
+            for m in (*meta.subclass_inp_meta, *meta.subclass_fw_graph_out_meta)
+        )
+    ):
+        return None
+
+    def direct(*inputs: torch.Tensor) -> Any:
+        return code([*constants, *inputs])
+
+    return direct
 
 
 # Inductor's first compile in a process starts it up: imports, compiler checks, caches

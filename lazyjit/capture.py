@@ -17,7 +17,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK
-from torch.distributions import transform_to
+from pyro.poutine.trace_messenger import TraceMessenger
+from torch.distributions import constraints, transform_to
 
 from .signature import rebuild
 
@@ -62,8 +63,37 @@ def current_params(names: Sequence[str]) -> list[torch.Tensor]:
 def announce_params(names: Sequence[str]) -> None:
     """Issues a ``pyro.param`` statement per name, as Pyro's jit does, so that handlers
     around the call see the params: an ``SVI`` step finds what to optimise this way."""
+    if len(_PYRO_STACK) == 1 and type(_PYRO_STACK[0]) is TraceMessenger:
+        # An SVI step's param capture and nothing else, at every step: record the sites
+        # as the statements would, without their message passing (half of their cost).
+        trace = _PYRO_STACK[0].trace
+        for name in names:
+            trace.add_node(name, **_param_message(name))
+        return
     for name in names:
         pyro.param(name)
+
+
+def _param_message(name: str) -> dict[str, Any]:
+    """The message of ``pyro.param(name)`` once Pyro's stack has run it, for a
+    :class:`~pyro.poutine.trace_messenger.TraceMessenger` alone (which changes nothing
+    in it): the value is the store's constrained param."""
+    return {
+        "type": "param",
+        "name": name,
+        "fn": _PYRO_PARAM_STORE.get_param,
+        "is_observed": False,
+        "args": (name,),
+        "kwargs": {"constraint": constraints.real, "event_dim": None},
+        "value": _PYRO_PARAM_STORE[name],
+        "scale": 1.0,
+        "mask": None,
+        "cond_indep_stack": (),
+        "done": True,
+        "stop": False,
+        "continuation": None,
+        "infer": {},
+    }
 
 
 def pure_function(fn: Callable, key: tuple, param_names: Sequence[str]) -> Callable[..., Any]:

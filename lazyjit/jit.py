@@ -379,7 +379,7 @@ def trace(
     """Lazy replacement for :func:`pyro.ops.jit.trace`.
 
     Usable as ``@trace``, ``@trace(...)`` or ``trace(fn)``. Compiles ``fn`` on first
-    use, once per call signature: the shape, dtype, device and ``requires_grad`` of
+    use, once per call signature: the shape, strides, dtype, device and ``requires_grad`` of
     every tensor argument (anywhere in ``args``/``kwargs``, nested in lists, tuples
     and dicts), the value of every other argument, and the grad mode.
 

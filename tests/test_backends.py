@@ -87,6 +87,7 @@ def test_log_prob_example(backend):
     assert pyro.param("scale").unconstrained().grad is None  # nothing accumulated
     assert compiled.stats.fallbacks == 0
 
+
 @pytest.mark.parametrize("backend", ["aten", "inductor"])
 def test_a_strided_argument_gets_its_own_entry(backend):
     # Inductor compiles for the strides it saw: a view with the same shape and other
@@ -101,6 +102,31 @@ def test_a_strided_argument_gets_its_own_entry(backend):
     assert_close(grads.params, expected_grads)
     assert len(compiled.compiled) == 2
 
+
+def test_inductor_code_runs_without_aot_wrappers_only_where_they_do_nothing():
+    """A value-and-grad graph runs inductor's code directly, unless aot_autograd's
+    runtime wrappers have work to do (here: an output that is an input)."""
+
+    def fn(x, y):
+        scale = pyro.param("scale", torch.tensor(0.5), constraint=constraints.positive)
+        return dist.Normal(x, scale).log_prob(y).sum(), y
+
+    def runner_name(compiled):
+        (runner,) = program_of(compiled)._grad_runners.values()
+        return runner.__qualname__
+
+    x, y = torch.randn(5), torch.randn(5)
+    for args in [(x, y), (y, y)]:  # an input passed twice runs directly too
+        plain = lazyjit.trace(scale_log_prob, backend="inductor")
+        assert_matches_eager(plain, scale_log_prob, *args)
+        assert runner_name(plain) == "_direct_runner.<locals>.direct"
+    compiled = lazyjit.trace(fn, backend="inductor")
+    (value, out_y), grads = compiled.value_and_grad(x, y)
+    expected, expected_grads = eager_value_and_grads(lambda *a: fn(*a)[0], ["scale"], x, y)
+    assert_close(value, expected)
+    assert_close(grads.params, expected_grads)
+    assert out_y is y
+    assert "direct" not in runner_name(compiled)
 
 
 def test_aten_graph_is_fx_code_with_gradients_inside():

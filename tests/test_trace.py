@@ -5,6 +5,7 @@ are marked ``xfail(strict=True)`` for Pyro, so they keep proving the defect exis
 """
 
 import argparse
+import contextlib
 import gc
 import pickle
 import threading
@@ -262,6 +263,38 @@ def test_params_visible_to_outer_param_capture(backend):
         with poutine.trace(param_only=True) as tr:
             compiled(torch.randn(3), torch.randn(3))
         assert set(tr.trace.nodes) == {"scale"}
+
+
+@pytest.mark.parametrize("outer", ["alone", "under another handler"])
+def test_announced_params_are_recorded_as_pyro_records_them(outer):
+    """A trace alone (an SVI step) records the params without Pyro's message passing;
+    its sites must be the ones Pyro's own statements would leave."""
+
+    def fn(x):
+        loc = pyro.param("loc", torch.tensor(0.3))
+        scale = pyro.param("scale", torch.tensor(0.5), constraint=constraints.positive)
+        return loc + scale * x
+
+    def recorded(statements):
+        with poutine.block(hide=["other"]) if outer != "alone" else contextlib.nullcontext():
+            with poutine.trace(param_only=True) as tr:
+                statements()
+        return tr.trace.nodes
+
+    compiled = lazyjit.trace(fn, backend="eager")
+    x = torch.randn(3)
+    compiled(x)
+    actual = recorded(lambda: compiled(x))
+    expected = recorded(lambda: [pyro.param(name) for name in ("loc", "scale")])
+    assert list(actual) == list(expected) == ["loc", "scale"]
+    for name, site in actual.items():
+        want = expected[name]
+        assert site.keys() == want.keys()
+        assert {k: v for k, v in site.items() if k != "value"} == {
+            k: v for k, v in want.items() if k != "value"
+        }
+        assert_close(site["value"], want["value"])
+        assert site["value"].unconstrained() is pyro.param(name).unconstrained()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
