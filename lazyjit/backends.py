@@ -33,10 +33,10 @@ import torch
 from pyro import validation_enabled
 from torch.fx import GraphModule
 from torch.overrides import TorchFunctionMode, has_torch_function
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from . import recorder
 from .errors import LazyJitError, LazyJitWarning, StructureError
+from .recorder import DATA_DEPENDENT, record
 
 logger = logging.getLogger("lazyjit")
 
@@ -352,7 +352,7 @@ def _op_tags(kind: str) -> frozenset:
 
 
 class GraphProgram(Program):
-    """A function captured by :func:`make_fx` as one aten graph, run as generated FX code.
+    """A function captured by :func:`capture` as one aten graph, run as generated FX code.
 
     :ivar flat: the pure function that was captured; the value-and-grad graph is captured
         from it (not from the forward graph: a custom ``torch.autograd.Function``'s backward
@@ -476,12 +476,12 @@ class GraphProgram(Program):
 
 
 class AtenBackend(Backend):
-    """Captures the function once with ``make_fx`` into an aten graph run as FX code.
+    """Captures the function once into an aten graph run as FX code.
 
-    ``make_fx`` in its default ``"real"`` mode is the capture of choice: it runs the
-    function on the real tensors and records the aten ops as they execute. Two things
-    follow that ``torch.export`` and ``aot_autograd`` (fake tensors, and dynamo for
-    export, which graph-breaks at every Pyro site) would lose:
+    The capture (:func:`lazyjit.recorder.record`, what ``make_fx`` does in its ``"real"``
+    mode) runs the function on the real tensors and records the aten ops as they execute.
+    Two things follow that ``torch.export`` and ``aot_autograd`` (fake tensors, and dynamo
+    for export, which graph-breaks at every Pyro site) would lose:
 
     * an input is identified by the tensor object itself, so the params a PyroModule or
       ``pyro.module`` reads from the module (the very tensors of the param store, passed
@@ -539,8 +539,8 @@ class ScriptedGraphProgram(GraphProgram):
     The value-and-grad graph holds the backward as plain aten ops, so value and
     gradients come out of one TorchScript graph with no autograd at call time: about half
     the time of Pyro's jitted potential plus autograd on the seed Gaussian model and on
-    logistic regression (``benchmarks/bench_nuts.py``), at the cost of a ``make_fx``
-    capture per graph. A graph that TorchScript fails to trace runs as FX code instead,
+    logistic regression (``benchmarks/bench_nuts.py``), at the cost of a capture
+    per graph. A graph that TorchScript fails to trace runs as FX code instead,
     with a one-time :class:`LazyJitWarning`.
     """
 
@@ -698,17 +698,17 @@ class InductorBackend(AtenBackend):
 # eager's draws does not matter.
 INDUCTOR_CONFIG: dict[str, Any] = {"fallback_random": True}
 
-# What make_fx raises when the function reads a tensor's value (.item(), bool(t), `if t`).
-_DATA_DEPENDENT_FX = re.compile(r"trying to get value out of a tracing tensor")
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _LAZYJIT_DIR = os.path.dirname(__file__) + os.sep
+_CAPTURE_FILES = (__file__, recorder.__file__)
 
 
 def capture(
     fn: Flat, inputs: Sequence[torch.Tensor], replayable: bool = False
 ) -> tuple[GraphModule, frozenset[str]]:
-    """``fn`` captured by ``make_fx`` on ``inputs`` and dead-code-eliminated, and the
-    custom autograd Functions its outputs went through (only looked for if ``replayable``).
+    """``fn`` recorded as an aten graph on ``inputs`` (:func:`lazyjit.recorder.record`,
+    ``make_fx``'s real mode) and dead-code-eliminated, and the custom autograd Functions
+    its outputs went through (only looked for if ``replayable``).
 
     Raises :class:`StructureError` if ``fn`` reads a tensor's value. Random draws made
     while capturing do not advance the global generators: capturing is invisible to the
@@ -716,31 +716,34 @@ def capture(
     so the graph consumes the random stream exactly as eager does.
 
     ``replayable``: the graph will run under autograd, and must differentiate as eager
-    does. ``make_fx`` records ops, not the grad mode they ran in, so the output of every op
+    does. A graph records ops, not the grad mode they ran in, so the output of every op
     that ran with grad mode off on inputs that require grad (a ``torch.no_grad()`` block,
-    a distribution's ``sample``, ``torch.autograd.grad``'s own ops) is detached in the graph,
-    as it was in eager. (``make_fx(pre_dispatch=True)`` records grad-mode switches, but
-    there ``torch.autograd.grad`` bakes the forward values autograd saved into the graph
-    as constants: gradients inside the function would be silently stale.)
+    a distribution's ``sample``, ``torch.autograd.grad``'s own ops) is detached in the
+    graph, as it was in eager. (``make_fx(pre_dispatch=True)`` records grad-mode switches,
+    but there ``torch.autograd.grad`` bakes the forward values autograd saved into the
+    graph as constants: gradients inside the function would be silently stale.)
     """
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
     custom_autograd: set[str] = set()
 
     def traced(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not replayable:
-            with _StaticDiceTerms():
-                return tuple(fn(*args))
-        with _StaticDiceTerms(), _NoGradMarker(get_proxy_mode().tracer.graph):
+        with _StaticDiceTerms():
             outputs = tuple(fn(*args))
-        custom_autograd.update(_custom_autograd_functions(outputs))
+        if replayable:
+            custom_autograd.update(_custom_autograd_functions(outputs))
         return outputs
 
     with _TRACE_LOCK:  # the FX sources made meanwhile are this graph's own
         sources = _fx_source_keys()
-        graph_module = _make_fx(traced, inputs)
-        if replayable:
-            _detach_no_grad_outputs(graph_module.graph)
+        try:
+            with validation_enabled(False), _keep_random_stream(inputs), _pyro_sees_a_tracer():
+                graph_module = record(traced, inputs, detach_no_grad=replayable)
+        except RuntimeError as e:
+            if DATA_DEPENDENT in str(e):
+                raise StructureError(
+                    "it reads the value of a tensor (a branch on it, .item(), bool(), int())",
+                    _site(e),
+                ) from e
+            raise
         graph_module.graph.eliminate_dead_code()
         graph_module.recompile()
         weakref.finalize(graph_module, _forget_fx_sources, _fx_source_keys() - sources)
@@ -751,31 +754,6 @@ def _keep_random_stream(inputs: Sequence[torch.Tensor]) -> contextlib.AbstractCo
     """Restores the CPU generator, and those of the GPUs ``inputs`` live on, on exit."""
     cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
     return torch.random.fork_rng(devices=cuda)
-
-
-def _make_fx(traced: Callable, inputs: Sequence[torch.Tensor]) -> GraphModule:
-    from torch._guards import TracingContext, tracing
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    try:
-        with (
-            validation_enabled(False),
-            _keep_random_stream(inputs),
-            _pyro_sees_a_tracer(),
-            # make_fx describes each node's value with a fake tensor; without a fake mode
-            # to share, it makes a new one per node, and each records a Python traceback
-            # (measured: 22 s instead of 1.5 s for an HMM's 4000-node graph).
-            tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True))),
-        ):
-            return make_fx(traced)(*inputs)
-    except RuntimeError as e:
-        if _DATA_DEPENDENT_FX.search(str(e)):
-            raise StructureError(
-                "it reads the value of a tensor (a branch on it, .item(), bool(), int())",
-                _site(e),
-            ) from e
-        raise
 
 
 # torch.fx keeps the source of every GraphModule it generates in a process-wide cache
@@ -795,9 +773,6 @@ def _forget_fx_sources(keys: set[str]) -> None:
         linecache.cache.pop(key, None)
 
 
-_NO_GRAD = "lazyjit_no_grad"
-
-
 class _StaticDiceTerms(TorchFunctionMode):
     """While capturing, Pyro's ``Dice.compute_expectation`` (``TraceEnum_ELBO``) takes its
     trace-safe branch, which keeps the terms of positive probability with ``masked_select``
@@ -815,43 +790,9 @@ class _StaticDiceTerms(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _NoGradMarker(TorchDispatchMode):
-    """Marks the graph nodes recorded for ops that run with grad mode off on tensors that
-    require grad. Pushed above make_fx's proxy mode, it sees each op before the nodes
-    for it are created."""
-
-    def __init__(self, graph: torch.fx.Graph):
-        super().__init__()
-        self.graph = graph
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if torch.is_grad_enabled() or not any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in tree_leaves((args, kwargs))
-        ):
-            return func(*args, **kwargs)
-        last = self.graph._root.prev  # the nodes after it are this op's
-        result = func(*args, **kwargs)
-        node = last.next
-        while node is not self.graph._root:
-            node.meta[_NO_GRAD] = True
-            node = node.next
-        return result
-
-
-def _detach_no_grad_outputs(graph: torch.fx.Graph) -> None:
-    for node in list(graph.nodes):
-        if node.meta.get(_NO_GRAD) and isinstance(node.meta.get("val"), torch.Tensor):
-            with graph.inserting_after(node):
-                detached = graph.call_function(torch.ops.aten.detach.default, (node,))
-            node.replace_all_uses_with(
-                detached, delete_user_cb=lambda user, detached=detached: user is not detached
-            )
-
-
 # Pyro takes trace-safe paths (no .item(), no branch on a value) where
 # torch._C._get_tracing_state() says that torch.jit is tracing, e.g. TraceEnum_ELBO's
-# `if tracing or not mask.all()`. make_fx is a tracer that this flag does not report, so
+# `if tracing or not mask.all()`. lazyjit's recorder is a tracer this flag does not report, so
 # while a thread captures, the calls made from Pyro's modules in that thread see a truthy
 # state. Pyro only tests it as a boolean; torch's own callers use the state object, and
 # keep seeing the real one. The shim is installed only while some thread captures.
@@ -974,7 +915,7 @@ def _site(error: BaseException) -> str:
     frames = [
         f
         for f in traceback.extract_tb(error.__traceback__)
-        if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__
+        if not f.filename.startswith(_TORCH_DIR) and f.filename not in _CAPTURE_FILES
     ]
     if not frames:
         return "unknown site"
@@ -1208,7 +1149,7 @@ class TieredProgram(Program):
     eager function where that failed.
     Plain calls and ``value_and_grad`` are two :class:`Lane`\\ s, each tiered up on its
     own. A lane counts its calls and the seconds spent in them (see :class:`AutoBackend`
-    for the rule). Once warm, its aten graph is captured on the calling thread (``make_fx``
+    for the rule). Once warm, its aten graph is captured on the calling thread (the capture
     runs the Pyro code, and Pyro's effect-handler stack is process-wide) and the lane runs
     that graph traced by TorchScript (``"aten-jit"``), or as FX code (``"aten"``) where the
     graph is too big to trace on the caller's thread. Once hot, inductor compiles the graph

@@ -234,7 +234,7 @@ def _mean_field_elbo_particle(model_trace: Trace, guide_trace: Trace) -> torch.T
 
     As ``TraceMeanField_ELBO._differentiable_loss_particle`` computes it; that one reads
     the ELBO with ``.item()`` unless TorchScript is the tracer, which stops a graph
-    capture such as ``make_fx``.
+    capture.
     """
     elbo = 0.0
     for name, model_site in model_trace.nodes.items():

@@ -390,7 +390,7 @@ def trace(
         (``check_trace`` defaults to ``False``).
     :param backend: ``"auto"`` (TorchScript first, inductor in the background once an
         entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
-        (a ``make_fx`` graph run as FX code), ``"aten-jit"`` (that graph run by
+        (an aten graph run as FX code), ``"aten-jit"`` (that graph run by
         TorchScript) or ``"inductor"`` (that graph compiled by inductor), or a
         :class:`lazyjit.backends.Backend` instance (say, an ``AutoBackend`` with other
         thresholds); see ``docs/backends.md``.
