@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from pyro import validation_enabled
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Interpreter
 from torch.overrides import TorchFunctionMode, has_torch_function
 
 from . import recorder
@@ -158,12 +158,18 @@ class TorchScriptBackend(Backend):
         tier 0, which runs only until a graph is captured: on the seed HMM the
         optimization took 7 s of a 10.9 s first epoch and left later epochs as fast as
         without it (1.00 against 1.02 s); small graphs run 7 to 24% slower without it.
+    :param max_optimized_nodes: a traced graph of more nodes runs unoptimized. The
+        executor's optimization grows faster than the graph and gains less: on chains of
+        Normal sites (a potential and its gradient), 1.2 s for a graph of 4,111 nodes,
+        run 8% faster; 4.5 s for 12,311 nodes, 8% faster; 34 s for 41,011 nodes, not
+        faster at all (52 ms a call either way). Pyro's jit pays those 34 s.
     """
 
     name = "torchscript"
 
-    def __init__(self, optimize: bool = True):
+    def __init__(self, optimize: bool = True, max_optimized_nodes: int = 15000):
         self.optimize = optimize
+        self.max_optimized_nodes = max_optimized_nodes
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
         options = {"check_trace": False, **options}
@@ -186,7 +192,17 @@ class TorchScriptBackend(Backend):
             ):
                 raise StructureError(str(w.message).split(".")[0], f"{w.filename}:{w.lineno}")
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-        return TorchScriptProgram(script, self.optimize)
+        optimize = self.optimize and _num_nodes(script.graph) <= self.max_optimized_nodes
+        if self.optimize and not optimize:
+            logger.info(
+                "lazyjit: the traced graph runs unoptimized: it has more than %d nodes",
+                self.max_optimized_nodes,
+            )
+        return TorchScriptProgram(script, optimize)
+
+
+def _num_nodes(graph: torch._C.Graph) -> int:
+    return sum(1 for _ in graph.nodes())
 
 
 def _jit_trace(
@@ -201,9 +217,10 @@ def _jit_trace(
     ``torch.jit.trace`` implements (``check_trace=True``, ``check_inputs``, ...) take
     the leaky road.
 
-    ``names=False`` leaves the graph's values unnamed. The tracer names each value by
-    scanning the locals of the frame that made it: quadratic in an FX forward's thousands
-    of locals (measured on a 7,504-node graph: 5.3 s to trace with names, 1.6 s without).
+    ``names=False`` leaves the graph's values unnamed, for a captured graph whose values
+    have no names of use: the tracer finds each name by scanning the locals of the frame
+    that made the value (over an FX forward, whose locals are its thousands of nodes, that
+    was quadratic: 5.3 s to trace a 7,504-node graph with names, 1.6 s without).
     """
     private = {"check_trace", "strict", "_force_outplace"}
     if options.get("check_trace") or not set(options) <= private or not torch.jit._state._enabled:
@@ -562,10 +579,80 @@ def script_graph(graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad
         _keep_random_stream(inputs),
         torch.set_grad_enabled(grad),
     ):
-        # FX code reads no tensor value (make_fx would have refused to capture it), so
+        # A captured graph reads no tensor value (its capture would have refused), so
         # the tracer has nothing to warn about but its own deprecation.
         warnings.simplefilter("ignore")
-        return _jit_trace(graph_module.forward, tuple(inputs), {}, names=False)
+        interpreter = _ForTracer(graph_module)
+        script = _jit_trace(interpreter.run, tuple(inputs), {}, names=False)
+    if not interpreter.num_unused_draws:
+        return script
+    num_outputs = len(graph_module.graph.output_node().args[0])
+    return lambda *inputs: script(*inputs)[:num_outputs]
+
+
+# Binary ops whose Python number operand the tracer would keep as a double tensor, which
+# each call then converts to its other operand's dtype: a copy per op (about 1 us; 20 us
+# of a NUTS leaf's 120 on the seed Gaussian model).
+_NUMBER_OPERAND_OPS = frozenset(
+    getattr(torch.ops.aten, name)
+    for name in ("add", "sub", "rsub", "mul", "div", "eq", "ne", "lt", "le", "gt", "ge")
+)
+# The dtypes in which such an op computes with the number as it would with a tensor of
+# the dtype (lower-precision ones compute in float32, from the number unrounded).
+_NUMBER_AS_TENSOR_DTYPES = frozenset({torch.float32, torch.float64})
+
+
+class _ForTracer(Interpreter):
+    """Runs a captured graph for TorchScript's tracer, node by node, with two changes of
+    what the tracer records (neither changes a result bit):
+
+    * after the graph's outputs, the results of its random ops that nothing uses (the
+      subsample indices of a plate that no site enters, a draw that an analytic KL makes
+      unused): TorchScript would drop them as dead code, and every later draw would take
+      other numbers from the stream than eager's;
+    * a Python number operand of a binary op on a float32 or float64 tensor as a tensor
+      of that dtype (see :data:`_NUMBER_OPERAND_OPS`).
+
+    Why an interpreter: the tracer looks up the Python line of every op it records, in
+    time linear in the size of its function's code (PyCode_Addr2Line). Over a graph's
+    generated forward, a function of one line per node, tracing was quadratic (18 s for a
+    26,000-node graph, 0.2 s for 2,600); from this small loop it takes 0.8 s and 0.06 s.
+
+    :ivar num_unused_draws: how many unused draws the last run returned.
+    """
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self._unused_draws: list[Any] = []
+        outputs = super().run(*args, **kwargs)
+        self.num_unused_draws = len(self._unused_draws)
+        return (*outputs, *self._unused_draws)
+
+    def run_node(self, node: torch.fx.Node) -> Any:
+        result = super().run_node(node)
+        if not node.users and torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
+            self._unused_draws.append(result)
+        return result
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if (
+            getattr(target, "overloadpacket", None) in _NUMBER_OPERAND_OPS
+            and target._overloadname in ("Tensor", "Scalar")
+            and len(args) >= 2
+            and type(args[1]) in (int, float)
+            and isinstance(args[0], torch.Tensor)
+            and args[0].dtype in _NUMBER_AS_TENSOR_DTYPES
+        ):
+            x = args[0]
+            # Made where the tracer does not see it, the tensor is a constant of the
+            # graph; made under it, it would be a constant converted at every call.
+            tracing = torch._C._get_tracing_state()
+            torch._C._set_tracing_state(None)
+            try:
+                number = torch.tensor(args[1], dtype=x.dtype, device=x.device)
+            finally:
+                torch._C._set_tracing_state(tracing)
+            return target.overloadpacket.Tensor(x, number, *args[2:], **kwargs)
+        return super().call_function(target, args, kwargs)
 
 
 class AtenJitBackend(AtenBackend):
@@ -574,7 +661,7 @@ class AtenJitBackend(AtenBackend):
 
     TorchScript is deprecated upstream; this backend is the fast path for where it still
     runs (its sampler gradients are about twice as fast as Pyro's jit). Like
-    ``"torchscript"`` it drops a random draw whose result is unused (see
+    ``"torchscript"``, its optimizing executor may reorder independent random draws (see
     ``docs/backends.md``).
     """
 
@@ -1134,11 +1221,11 @@ class Lane:
 # that is its compile, not its use.
 _UNTIMED_CALLS = 2
 
-# Tracing a captured graph stalls the caller, more than linearly in its size (measured on
-# the seed HMM's graphs: 0.8 s for 4,103 nodes, 2.6 s for 7,811, 5.4 s for 11,519, on top
-# of their capture; 16 s for a 25,004-node chain): bigger graphs run as FX code instead,
-# which is slower.
-_SCRIPT_MAX_NODES = 12000
+# Moving to TorchScript stalls the caller: the trace and the executor's optimizing first
+# calls, on top of the capture (measured on a chain of Normal sites: 0.06 + 0.17 s for a
+# 2,605-node graph, 0.8 + 3.0 s for 26,005 nodes, which then runs 4 times as fast as its
+# FX code: 13 against 55 ms a call). Bigger graphs run as FX code instead.
+_SCRIPT_MAX_NODES = 30000
 
 
 class TieredProgram(Program):

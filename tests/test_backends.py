@@ -284,8 +284,7 @@ def test_random_draws_follow_the_seed(backend):
         torch.manual_seed(seed)
         expected = noisy(x)
         assert_close(actual, expected)
-        if backend != "aten-jit":  # TorchScript drops an unused draw, as "torchscript" does
-            assert after_compiled == torch.rand(())  # the same draws were consumed
+        assert after_compiled == torch.rand(())  # the same draws were consumed
         value, grads = compiled.value_and_grad(x)
         assert_close(grads.params["loc"], x.sum().reshape(()))
 
@@ -472,6 +471,62 @@ def test_captured_graphs_are_traced_without_value_names(monkeypatch):
     assert_matches_eager(compiled, scale_log_prob, x, y)
     with pytest.warns(LazyJitWarning, match="value names"):  # TorchScript's own traces do
         lazyjit.trace(scale_log_prob, backend="torchscript")(x, y)
+
+
+def test_traced_graphs_take_number_operands_as_tensors_of_their_dtype():
+    """TorchScript keeps a Python number operand as a double tensor, converted at every
+    call; a tensor of the other operand's dtype gives the same bits without the copy."""
+    from lazyjit.backends import capture, script_graph
+
+    def fn(x, n):
+        return ((x * 0.1 - 3).div(7) > 0.2, (n + 0.5) * 2, x.sub(1, alpha=0.3))
+
+    x, n = torch.randn(10), torch.arange(10)
+    graph_module, _ = capture(fn, [x, n])
+    script = script_graph(graph_module, [x, n], grad=False)
+    constants = [
+        node.output().type().scalarType()
+        for node in script.graph.nodes()
+        if node.kind() == "prim::Constant" and node.output().type().kind() == "TensorType"
+    ]
+    # An integer tensor's number operand stays as the tracer made it: it promotes.
+    assert sorted(constants) == ["Double"] + ["Float"] * 6
+    x, n = torch.randn(10), torch.arange(10)
+    for got, want in zip(script(x, n), fn(x, n)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_torchscript_optimizes_only_graphs_up_to_its_node_limit():
+    """The executor's optimization grows faster than the graph and no longer pays for a
+    big one: a bigger graph runs unoptimized, with the same results."""
+    x, y = torch.randn(5), torch.randn(5)
+    optimized = []
+    for limit in (10_000, 10):
+        backend = lazyjit.backends.TorchScriptBackend(max_optimized_nodes=limit)
+        compiled = lazyjit.trace(scale_log_prob, backend=backend)
+        for _ in range(3):  # past the executor's profiling and optimizing calls
+            assert_matches_eager(compiled, scale_log_prob, x, y)
+        program = program_of(compiled)
+        optimized.append(program.optimize)
+        assert 10 < sum(1 for _ in program.script.graph.nodes()) < 10_000
+    assert optimized == [True, False]
+    assert lazyjit.BACKENDS["torchscript"].max_optimized_nodes == 15000
+
+
+def test_captured_graphs_are_traced_from_a_small_loop():
+    """The tracer looks up the Python line of every op it records, in time linear in its
+    function's code: over a graph's generated forward (a line per node) that is quadratic
+    in the graph. No traced op may come from the generated code."""
+    compiled = lazyjit.trace(scale_log_prob, backend="aten-jit")
+    x, y = torch.randn(5), torch.randn(5)
+    assert_matches_eager(compiled, scale_log_prob, x, y)
+    compiled.value_and_grad(x, y)
+    program = program_of(compiled)
+    runners = [program._forward, *program._grad_runners.values()]
+    for runner in runners:
+        ranges = [node.sourceRange() for node in runner.graph.nodes()]
+        assert any("torch/fx/interpreter.py" in r for r in ranges)
+        assert not any("eval_with_key" in r for r in ranges)
 
 
 def test_no_grad_call_and_value_and_grad_entries():
