@@ -320,6 +320,19 @@ def test_compiled_leaf_auto_tiers_up_and_stays_right(monkeypatch):
     assert_close(tuple(ours), tuple(theirs), rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_leaf_auto_leaves_eager_after_what_its_move_costs():
+    """An eager leaf runs about 7 times as long as a traced one, and moving costs a
+    capture and a trace: the leaf is warm sooner than auto's other lanes."""
+    lazyjit.backends.wait_for_compiles()
+    kernel, *_ = nuts_state(examples.gaussian_model, gaussian_args(), backend="auto")
+    (program,) = kernel._leaf.compiled.compiled.values()
+    lane = program.lanes["call"]
+    floor = lazyjit.mcmc.LEAF_WARM_SECONDS
+    assert floor < lazyjit.BACKENDS["auto"].warm_seconds
+    assert lane.warm_seconds == max(floor, lazyjit.BACKENDS["auto"].warm_compile_factor * lane.t0)
+    assert lane.tier == "aten-jit" or lane.seconds < lane.warm_seconds
+
+
 @pytest.mark.parametrize("backend", ["aten-jit", "auto"])
 def test_nuts_with_compiled_leaves_samples_the_posterior(backend):
     args = gaussian_args()
