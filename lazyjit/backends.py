@@ -637,7 +637,7 @@ class _ForTracer(Interpreter):
         if (
             getattr(target, "overloadpacket", None) in _NUMBER_OPERAND_OPS
             and target._overloadname in ("Tensor", "Scalar")
-            and len(args) >= 2
+            and len(args) == 2  # a Scalar overload's positional alpha is keyword-only here
             and type(args[1]) in (int, float)
             and isinstance(args[0], torch.Tensor)
             and args[0].dtype in _NUMBER_AS_TENSOR_DTYPES
@@ -651,7 +651,7 @@ class _ForTracer(Interpreter):
                 number = torch.tensor(args[1], dtype=x.dtype, device=x.device)
             finally:
                 torch._C._set_tracing_state(tracing)
-            return target.overloadpacket.Tensor(x, number, *args[2:], **kwargs)
+            return target.overloadpacket.Tensor(x, number, **kwargs)
         return super().call_function(target, args, kwargs)
 
 

@@ -479,7 +479,14 @@ def test_traced_graphs_take_number_operands_as_tensors_of_their_dtype():
     from lazyjit.backends import capture, script_graph
 
     def fn(x, n):
-        return ((x * 0.1 - 3).div(7) > 0.2, (n + 0.5) * 2, x.sub(1, alpha=0.3))
+        aten = torch.ops.aten
+        return (
+            (x * 0.1 - 3).div(7) > 0.2,
+            (n + 0.5) * 2,
+            x.sub(1, alpha=0.3),
+            aten.rsub.Scalar(x, 2.0),
+            aten.sub.Scalar(x, 1, 0.5),  # a positional alpha: kept as it is
+        )
 
     x, n = torch.randn(10), torch.arange(10)
     graph_module, _ = capture(fn, [x, n])
@@ -490,7 +497,7 @@ def test_traced_graphs_take_number_operands_as_tensors_of_their_dtype():
         if node.kind() == "prim::Constant" and node.output().type().kind() == "TensorType"
     ]
     # An integer tensor's number operand stays as the tracer made it: it promotes.
-    assert sorted(constants) == ["Double"] + ["Float"] * 6
+    assert sorted(constants) == ["Double"] + ["Float"] * 7
     x, n = torch.randn(10), torch.arange(10)
     for got, want in zip(script(x, n), fn(x, n)):
         assert got.dtype == want.dtype and torch.equal(got, want)
