@@ -274,7 +274,9 @@ def test_compiled_leaf_matches_pyro_leaf(backend, case):
     """A compiled leaf is Pyro's ``_build_basetree``, field by field, both directions, over
     a changing step size and mass matrix (inputs, not constants of the leaf)."""
     model, make_args, kwargs = LEAF_CASES[case]
-    kernel, z, r, z_grads, log_slice, energy = nuts_state(model, make_args(), backend=backend)
+    kernel, z, r, z_grads, log_slice, energy = nuts_state(
+        model, make_args(), backend=backend, **kwargs
+    )
     assert kernel._compiled_leaf() is not None
     pyro_leaf = pyro.infer.mcmc.NUTS._build_basetree
     adapter = kernel.mass_matrix_adapter
