@@ -119,9 +119,8 @@ class _Recorder(TorchDispatchMode):
             func = aten.lift_fresh_copy.default
         flat, spec = tree_flatten((args, kwargs))
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
-        constant = bool(tensors) and all(
-            id(t) not in self._nodes or id(t) in self._constants for t in tensors
-        )
+        # An op of no tensor at all (torch.zeros(3)) makes a constant too, unless it draws.
+        constant = all(id(t) not in self._nodes or id(t) in self._constants for t in tensors)
         if (func in _READS_VALUE or torch.Tag.data_dependent_output in func.tags) and not constant:
             raise RuntimeError(
                 f"It appears that you're trying to get value out of a tracing tensor with {func}"

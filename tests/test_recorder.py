@@ -62,7 +62,8 @@ def test_reading_a_value_that_depends_on_an_input_is_refused():
 def test_reading_a_constant_value_is_allowed():
     def fn(x):
         scale = torch.tensor(2.0).log()  # deterministic ops on constants only
-        return (x * scale.item(),)
+        offset = torch.ones(()).add(1)  # made from no tensor at all
+        return (x * scale.item() + offset.item(),)
 
     x = torch.randn(3)
     torch.testing.assert_close(record(fn, [x])(x)[0], fn(x)[0])
