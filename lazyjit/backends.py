@@ -783,7 +783,12 @@ class InductorBackend(AtenBackend):
 # CPU they are faster too (measured: 46 vs 68 us a call with 300 draws, 7.5 vs 19 ms with
 # 300,000). On a GPU inductor's fused generator may win: set it False there if matching
 # eager's draws does not matter.
-INDUCTOR_CONFIG: dict[str, Any] = {"fallback_random": True}
+# cpp.enable_loop_tail_vec: torch 2.13's CPU code for a loop's tail, vectorized with masks,
+# wrote out of bounds in a kernel of a fuzzed program's value-and-grad graph (15 sites,
+# subsampled plates, vectorized particles): heap corruption, or, with inductor's buffer
+# reuse off, wrong gradients. Found by the long fuzz run; scalar tails (and no vectors at
+# all) compute the same graph right (tests/test_fuzz.py::test_inductor_tail_loops).
+INDUCTOR_CONFIG: dict[str, Any] = {"fallback_random": True, "cpp.enable_loop_tail_vec": False}
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _LAZYJIT_DIR = os.path.dirname(__file__) + os.sep

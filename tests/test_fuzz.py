@@ -616,3 +616,55 @@ def test_compiled_elbos_match_eager(backend):
 @given(program=programs())
 def test_compiled_elbos_match_eager_long(backend, program):
     check(program, backend)
+
+
+# A program of the long run on which inductor's masked vectorization of loop tails wrote
+# out of bounds (torch 2.13, CPU): the process aborted in the trace ELBO's first call.
+TAIL_LOOP_PROGRAM = Program(
+    sites=(
+        Site("normal", (), False, (), (), 0.3, "tensor", True, "interval", False),
+        Site("lognormal", ("group",), True, (), (), None, None, False, "positive", False),
+        Site(
+            "bernoulli", ("group", "data"), False, (), (), 2.5, None, False, "greater_than", False
+        ),
+        Site("beta", ("group", "data"), False, (), (2,), 0.3, "false", True, "interval", True),
+        Site("dirichlet", ("group", "data"), False, (), (2,), 2.5, None, False, "softplus", False),
+        Site("mvn", ("group",), False, (0,), (0,), None, None, False, "softplus", False),
+        Site("mvn", ("group",), False, (), (0, 5), None, "tensor", True, "interval", False),
+        Site("normal", ("group",), False, (0, 5, 6), (6,), None, "false", True, "softplus", True),
+        Site("beta", ("group", "data"), True, (3, 5), (), None, None, False, "positive", False),
+        Site("categorical", (), True, (), (), None, None, False, "greater_than", False),
+        Site("beta", ("data",), True, (0,), (), None, "false", True, "softplus", False),
+        Site("dirichlet", (), True, (0,), (), 2.5, "tensor", False, "positive", False),
+        Site("lognormal", (), True, (0,), (), None, "tensor", True, "greater_than", False),
+        Site("gamma", (), False, (), (), None, "tensor", True, "interval", False),
+        Site(
+            "lognormal",
+            ("group", "data"),
+            True,
+            (5, 7, 13),
+            (),
+            2.5,
+            None,
+            False,
+            "greater_than",
+            False,
+        ),
+    ),
+    group_size=4,
+    group_subsample=3,
+    data_subsample=True,
+    batch_sizes=(3, 2, 3),
+    num_particles=2,
+    vectorize=True,
+    seed=18,
+)
+
+
+@pytest.mark.slow
+def test_inductor_tail_loops():
+    """lazyjit.backends.INDUCTOR_CONFIG turns masked tail vectorization off: this program
+    then matches eager Pyro, where it corrupted the heap before."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        check_elbo(TAIL_LOOP_PROGRAM, "trace", "inductor")
