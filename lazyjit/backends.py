@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode, has_torch_function
 from . import recorder
 from .errors import LazyJitError, LazyJitWarning, StructureError
 from .recorder import DATA_DEPENDENT, record
+from .simplify import simplify
 
 logger = logging.getLogger("lazyjit")
 
@@ -746,8 +747,17 @@ def _direct_runner(compiled: Runner, graph_module: GraphModule, num_inputs: int)
     ):
         return None
 
+    # After its first call (which may write inductor's caches), OutputCode.__call__ only
+    # wraps the generated code in bookkeeping for torch.compile's metrics and, while the
+    # profiler runs, a record_function: 3 to 4 us of an SVI step on the seed model.
+    first = True
+
     def direct(*inputs: torch.Tensor) -> Any:
-        return code([*constants, *inputs])
+        nonlocal first
+        if first or torch.autograd.profiler._is_profiler_enabled:
+            first = False
+            return code([*constants, *inputs])
+        return code.current_callable([*constants, *inputs])
 
     return direct
 
@@ -788,7 +798,14 @@ class InductorBackend(AtenBackend):
 # subsampled plates, vectorized particles): heap corruption, or, with inductor's buffer
 # reuse off, wrong gradients. Found by the long fuzz run; scalar tails (and no vectors at
 # all) compute the same graph right (tests/test_fuzz.py::test_inductor_tail_loops).
-INDUCTOR_CONFIG: dict[str, Any] = {"fallback_random": True, "cpp.enable_loop_tail_vec": False}
+# size_asserts: the generated code checks each input's sizes and strides, which lazyjit's
+# cache key (tensor arguments) and param check (params) have checked already: 3.4 of the
+# 12 us that the seed Gaussian model's value-and-grad graph takes, measured.
+INDUCTOR_CONFIG: dict[str, Any] = {
+    "fallback_random": True,
+    "cpp.enable_loop_tail_vec": False,
+    "size_asserts": False,
+}
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _LAZYJIT_DIR = os.path.dirname(__file__) + os.sep
@@ -796,11 +813,13 @@ _CAPTURE_FILES = (__file__, recorder.__file__)
 
 
 def capture(
-    fn: Flat, inputs: Sequence[torch.Tensor], replayable: bool = False
+    fn: Flat, inputs: Sequence[torch.Tensor], replayable: bool = False, no_grad: bool = False
 ) -> tuple[GraphModule, frozenset[str]]:
     """``fn`` recorded as an aten graph on ``inputs`` (:func:`lazyjit.recorder.record`,
-    ``make_fx``'s real mode) and dead-code-eliminated, and the custom autograd Functions
-    its outputs went through (only looked for if ``replayable``).
+    ``make_fx``'s real mode), rid of its no-ops (:func:`lazyjit.simplify.simplify`) and
+    dead-code-eliminated, and the custom autograd Functions its outputs went through
+    (only looked for if ``replayable``). ``no_grad``: the graph will only run under
+    ``torch.no_grad()``.
 
     Raises :class:`StructureError` if ``fn`` reads a tensor's value. Random draws made
     while capturing do not advance the global generators: capturing is invisible to the
@@ -836,10 +855,19 @@ def capture(
                     _site(e),
                 ) from e
             raise
+        simplify(graph_module, drop_detach=no_grad or not _grad_anywhere(graph_module, inputs))
         graph_module.graph.eliminate_dead_code()
         graph_module.recompile()
         weakref.finalize(graph_module, _forget_fx_sources, _fx_source_keys() - sources)
     return graph_module, frozenset(custom_autograd)
+
+
+def _grad_anywhere(graph_module: GraphModule, inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether an input or a constant of the graph requires grad."""
+    constants = (
+        getattr(graph_module, n.target) for n in graph_module.graph.find_nodes(op="get_attr")
+    )
+    return any(t.requires_grad for t in (*inputs, *constants) if isinstance(t, torch.Tensor))
 
 
 def _keep_random_stream(inputs: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
@@ -934,15 +962,20 @@ def capture_value_and_grad(
         for i, t in enumerate(inputs)
     ]
     with torch.enable_grad():
-        return capture(_value_and_grad_of(flat, wrt), inputs)[0]
+        return capture(_value_and_grad_of(flat, wrt), inputs, no_grad=True)[0]
 
 
 def _run_value_and_grad(
     runner: Runner, inputs: Sequence[torch.Tensor], num_wrt: int
 ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]:
     """Runs a graph from :func:`capture_value_and_grad`: (outputs, gradients)."""
-    with torch.no_grad():
+    # torch.no_grad() without its context-manager objects: 1 us of an SVI step.
+    grad_enabled = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)
+    try:
         results = runner(*inputs)
+    finally:
+        torch._C._set_grad_enabled(grad_enabled)
     num_outputs = len(results) - num_wrt
     # An output may be an input passed through, which can require grad.
     results = [r.detach() if r.requires_grad else r for r in results]

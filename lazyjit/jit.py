@@ -78,8 +78,9 @@ class _Entry:
 
     program: Program
     param_names: tuple[str, ...]
-    # (name, weak ref to the unconstrained tensor, constraint) compiled against.
-    param_checks: tuple[tuple[str, weakref.ref, Any], ...]
+    # (name, weak ref to the unconstrained tensor, constraint, its shape and strides)
+    # compiled against.
+    param_checks: tuple[tuple[str, weakref.ref, Any, tuple], ...]
     # outputs -> what the function returned (see _unflattener)
     unflatten: Callable[[Sequence[torch.Tensor]], Any]
     grad_leaves: tuple[int, ...]
@@ -88,14 +89,21 @@ class _Entry:
     checks_left: int
 
     def current_params(self) -> list[torch.Tensor] | None:
-        """The store's params if they are still the very tensors and constraints
-        compiled against, else ``None``. (The hot path: one loop, no allocation.)"""
+        """The store's params if they are still the very tensors, constraints and
+        layouts compiled against, else ``None``. (The hot path: one loop.)"""
         store = _PYRO_PARAM_STORE._params
         constraints = _PYRO_PARAM_STORE._constraints
         params = []
-        for name, ref, constraint in self.param_checks:
+        for name, ref, constraint, layout in self.param_checks:
             param = store.get(name)
-            if param is None or param is not ref() or constraints.get(name) is not constraint:
+            if (
+                param is None
+                or param is not ref()
+                or constraints.get(name) is not constraint
+                # `param.data = ...` keeps the tensor and may change its shape, which a
+                # program compiled for fixed sizes would not check (see INDUCTOR_CONFIG).
+                or (param.shape, param.stride()) != layout
+            ):
                 return None
             params.append(param)
         return params
@@ -308,7 +316,7 @@ class CompiledFunction:
             program=program,
             param_names=param_names,
             param_checks=tuple(
-                (name, weakref.ref(p), _PYRO_PARAM_STORE._constraints[name])
+                (name, weakref.ref(p), _PYRO_PARAM_STORE._constraints[name], (p.shape, p.stride()))
                 for name, p in zip(param_names, params)
             ),
             unflatten=_unflattener(spec_box[0]),

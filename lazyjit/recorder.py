@@ -28,6 +28,8 @@ DATA_DEPENDENT = "trying to get value out of a tracing tensor"
 # _local_scalar_dense, here it is refused by name.
 _READS_VALUE = frozenset({aten.is_nonzero.default})
 _METADATA = frozenset({aten.size.default, aten.stride.default, aten.storage_offset.default})
+# The node.meta key of a recorded tensor's (shape, dtype).
+SHAPE_DTYPE = "lazyjit_shape_dtype"
 
 
 def record(
@@ -85,6 +87,8 @@ class _Recorder(TorchDispatchMode):
 
     def track(self, tensor: torch.Tensor, node: Node, constant: bool) -> None:
         self._alive.append(tensor)
+        # What lazyjit.simplify needs to tell an identity op from a cast or a broadcast.
+        node.meta[SHAPE_DTYPE] = (tensor.shape, tensor.dtype)
         self._nodes[id(tensor)] = node
         if constant:
             self._constants.add(id(tensor))
@@ -145,5 +149,6 @@ class _Recorder(TorchDispatchMode):
 
     def _output(self, tensor: torch.Tensor, node: Node, constant: bool, detach: bool) -> None:
         if detach:
+            node.meta[SHAPE_DTYPE] = (tensor.shape, tensor.dtype)
             node = self.graph.call_function(aten.detach.default, (node,))
         self.track(tensor, node, constant)

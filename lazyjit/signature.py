@@ -102,8 +102,18 @@ def _hashable(obj: Any, leaves: list, idents: list) -> tuple:
     return (_CONST, type(obj), obj)
 
 
+# id -> the IdentityRef of the live object with that id: a model and a guide are keyed at
+# every call, and a new weak reference each time costs 1 to 2 us of an SVI step.
+_IDENTITY_REFS: dict[int, IdentityRef] = {}
+
+
 def _identity(obj: Any, leaves: list, idents: list) -> tuple:
-    ref = IdentityRef(obj)
+    ref = _IDENTITY_REFS.get(id(obj))
+    if ref is None or ref.ref() is not obj:
+        ref = IdentityRef(obj)
+        if isinstance(ref.ref, weakref.ref):
+            _IDENTITY_REFS[id(obj)] = ref
+            weakref.finalize(obj, _IDENTITY_REFS.pop, id(obj), None)
     idents.append(ref)
     return (_IDENT, ref)
 

@@ -273,7 +273,8 @@ def test_announced_params_are_recorded_as_pyro_records_them(outer):
     def fn(x):
         loc = pyro.param("loc", torch.tensor(0.3))
         scale = pyro.param("scale", torch.tensor(0.5), constraint=constraints.positive)
-        return loc + scale * x
+        weight = pyro.param("weight", torch.tensor(0.2), constraint=constraints.interval(0, 2))
+        return loc + scale * x * weight
 
     def recorded(statements):
         with poutine.block(hide=["other"]) if outer != "alone" else contextlib.nullcontext():
@@ -284,17 +285,22 @@ def test_announced_params_are_recorded_as_pyro_records_them(outer):
     compiled = lazyjit.trace(fn, backend="eager")
     x = torch.randn(3)
     compiled(x)
-    actual = recorded(lambda: compiled(x))
-    expected = recorded(lambda: [pyro.param(name) for name in ("loc", "scale")])
-    assert list(actual) == list(expected) == ["loc", "scale"]
-    for name, site in actual.items():
-        want = expected[name]
-        assert site.keys() == want.keys()
-        assert {k: v for k, v in site.items() if k != "value"} == {
-            k: v for k, v in want.items() if k != "value"
-        }
-        assert_close(site["value"], want["value"])
-        assert site["value"].unconstrained() is pyro.param(name).unconstrained()
+    names = ["loc", "scale", "weight"]
+    for _ in range(2):
+        actual = recorded(lambda: compiled(x))
+        expected = recorded(lambda: [pyro.param(name) for name in names])
+        assert list(actual) == list(expected) == names
+        for name, site in actual.items():
+            want = expected[name]
+            assert site.keys() == want.keys()
+            assert {k: v for k, v in site.items() if k != "value"} == {
+                k: v for k, v in want.items() if k != "value"
+            }
+            assert_close(site["value"], want["value"])
+            assert site["value"].unconstrained() is pyro.param(name).unconstrained()
+        with torch.no_grad():  # as an optimizer step does: the values must follow
+            for name in names:
+                pyro.param(name).unconstrained().add_(0.5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -405,6 +411,19 @@ def test_cleared_param_store_recompiles(impl):
     assert "scale" in pyro.get_param_store()
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "inductor"])
+def test_a_param_given_new_data_of_another_shape_recompiles(backend):
+    def fn(x):
+        return (pyro.param("w", torch.ones(3)) * x).sum() + pyro.param("w").sum()
+
+    compiled = lazyjit.trace(fn, backend=backend)
+    compiled(torch.ones(()))
+    param = pyro.param("w").unconstrained()
+    param.data = torch.arange(5.0)  # the same tensor: only its layout tells
+    assert_close(compiled(torch.ones(())), fn(torch.ones(())))
+    assert compiled.stats.recompiles == 1
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_reloaded_and_reconstrained_params(backend, tmp_path):
     compiled = lazyjit.trace(model_log_prob_fn, backend=backend)
@@ -477,6 +496,21 @@ def test_dead_identity_arguments_drop_their_entries():
         f(torch.ones(1), obj=Thing())
         gc.collect()
     assert len(f.compiled) <= 1
+
+
+def test_an_identity_key_is_made_once_per_live_object():
+    from lazyjit.signature import _IDENTITY_REFS, signature
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    first, second = (signature((thing,), {})[0] for _ in range(2))
+    assert first == second and first[0][0][1] is second[0][0][1]
+    key = id(thing)
+    del thing
+    gc.collect()
+    assert key not in _IDENTITY_REFS  # a later object with this id gets a key of its own
 
 
 # The structure guard.

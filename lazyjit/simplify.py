@@ -1,0 +1,180 @@
+"""Removes the ops of a recorded aten graph that compute nothing.
+
+A recorded graph keeps every op that eager ran, and autograd's backward is generous with
+no-ops: ``x * 1``, ``x + 0``, ``x ** 1`` (the derivative of ``x ** 2``), ``-(-x)``, and a
+``detach`` wherever Pyro or autograd detaches. Inductor fuses them away; TorchScript's
+interpreter and FX code pay a dispatch for each (about 0.5 us on a CPU). The NUTS leaf
+of the seed Gaussian model has 187 nodes, 39 of them such no-ops.
+"""
+
+from __future__ import annotations
+
+import operator
+from numbers import Number
+
+import torch
+from torch.fx import GraphModule, Node
+
+from .recorder import SHAPE_DTYPE
+
+aten = torch.ops.aten
+
+# op -> the Python number that makes it return its tensor operand unchanged.
+_NEUTRAL = {
+    aten.mul.Tensor: 1,
+    aten.mul.Scalar: 1,
+    aten.div.Tensor: 1,
+    aten.div.Scalar: 1,
+    aten.add.Tensor: 0,
+    aten.add.Scalar: 0,
+    aten.sub.Tensor: 0,
+    aten.sub.Scalar: 0,
+    aten.pow.Tensor_Scalar: 1,
+}
+
+_ADDITIVE = frozenset({aten.add.Tensor, aten.sub.Tensor})
+# Ops whose result is all zeros where their first operand is.
+_KEEP_ZEROS = frozenset(
+    {
+        aten.expand.default,
+        aten.view.default,
+        aten.reshape.default,
+        aten.neg.default,
+        aten.sum.default,
+        aten.sum.dim_IntList,
+        aten.detach.default,
+        aten.clone.default,
+    }
+)
+
+
+def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
+    """Rewires each no-op's users to its operand, in place, and returns how many went.
+
+    An arithmetic no-op goes only where the recorded shape and dtype show it changes
+    neither (``int_tensor * 1.0`` is a cast), and where no op of the graph writes in
+    place to it or to its operand (either would then see the other's writes).
+    ``drop_detach``: the graph runs where nothing requires grad (a value-and-grad graph,
+    run under ``torch.no_grad()``, or one whose inputs and constants require no grad),
+    so a ``detach`` is an alias of its operand. A graph output never becomes an input or
+    a constant: the caller could write to what it gets back.
+    """
+    graph = graph_module.graph
+    written = _written(graph)
+    outputs = set(graph.output_node().all_input_nodes)
+    zeros: set[Node] = set()
+    removed = 0
+    for node in list(graph.nodes):
+        if node not in written and _is_zeros(node, zeros):
+            zeros.add(node)
+        operand = _operand_if_noop(node, drop_detach, written, zeros)
+        if operand is None:
+            continue
+        if node in outputs and operand.op in ("placeholder", "get_attr"):
+            continue
+        node.replace_all_uses_with(operand)
+        if node in outputs:
+            outputs.add(operand)
+        graph.erase_node(node)
+        removed += 1
+    if removed:
+        graph_module.recompile()
+    return removed
+
+
+def _is_zeros(node: Node, zeros: set[Node]) -> bool:
+    """Whether ``node`` is all zeros whatever the inputs (autograd seeds its sums so)."""
+    target, args = node.target, node.args
+    if target in (aten.zeros_like.default, aten.zeros.default, aten.new_zeros.default):
+        return True
+    if target in (aten.full_like.default, aten.full.default):
+        return args[1] == 0
+    if target is aten.new_full.default:
+        return args[2] == 0
+    return target in _KEEP_ZEROS and args[0] in zeros
+
+
+def _operand_if_noop(
+    node: Node, drop_detach: bool, written: set[Node], zeros: set[Node]
+) -> Node | None:
+    if node.op != "call_function" or node.kwargs.get("alpha", 1) != 1:
+        return None
+    if node.target is aten.detach.default:
+        return node.args[0] if drop_detach else None
+    if node in written:
+        return None
+    if node.target is aten.neg.default:
+        inner = node.args[0]
+        if isinstance(inner, Node) and inner.target is aten.neg.default and inner not in written:
+            operand = inner.args[0]
+        else:
+            return None
+    elif node.target in _NEUTRAL and len(node.args) == 2:
+        operand, other = node.args
+        if node.target in _ADDITIVE and other in zeros:
+            pass
+        elif node.target is aten.add.Tensor and operand in zeros:
+            operand = other
+        elif not (
+            isinstance(other, Number)
+            and not isinstance(other, bool)
+            and other == _NEUTRAL[node.target]
+        ):
+            return None
+    else:
+        return None
+    if (
+        not isinstance(operand, Node)
+        or operand in written
+        or SHAPE_DTYPE not in operand.meta
+        or operand.meta[SHAPE_DTYPE] != node.meta.get(SHAPE_DTYPE)
+    ):
+        return None
+    return operand
+
+
+def _written(graph: torch.fx.Graph) -> set[Node]:
+    """The nodes that some op writes to in place, with every node sharing their memory
+    (views of them, what they are views of)."""
+    parent: dict[Node, Node] = {}
+
+    def root(node: Node) -> Node:
+        while parent.get(node, node) is not node:
+            node = parent[node]
+        return node
+
+    written_roots = set()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is operator.getitem:
+            sources = [node.args[0]]
+            writes = []
+        elif isinstance(node.target, torch._ops.OpOverload):
+            schema = node.target._schema
+            arguments = [a for a in schema.arguments if not a.kwarg_only]
+            pairs = list(zip(arguments, node.args)) + [
+                (a, node.kwargs[a.name]) for a in schema.arguments if a.name in node.kwargs
+            ]
+            aliased = [v for a, v in pairs if a.alias_info is not None]
+            writes = [v for a, v in pairs if a.alias_info is not None and a.alias_info.is_write]
+            returns_alias = any(r.alias_info is not None for r in schema.returns)
+            sources = aliased if returns_alias else []
+        else:  # not an aten op: assume it may alias and write to anything it is given
+            sources = writes = list(node.all_input_nodes)
+        for source in _nodes(sources):
+            parent[root(node)] = root(source)
+        for target in _nodes(writes):
+            written_roots.add(target)
+    written_roots = {root(n) for n in written_roots}
+    return {n for n in graph.nodes if root(n) in written_roots}
+
+
+def _nodes(values: list) -> list[Node]:
+    flat = []
+    for v in values:
+        if isinstance(v, Node):
+            flat.append(v)
+        elif isinstance(v, (list, tuple)):
+            flat.extend(x for x in v if isinstance(x, Node))
+    return flat
