@@ -20,7 +20,7 @@ from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 from .backends import Backend, Program, get_backend
 from .capture import announce_params, current_params, find_params, pure_function
 from .errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning
-from .signature import LRUCache, rebuild, signature
+from .signature import CallGuard, LRUCache, rebuild, signature
 
 logger = logging.getLogger("lazyjit")
 
@@ -77,6 +77,7 @@ class _Entry:
     """One compiled signature: the program and what it was compiled against."""
 
     program: Program
+    key: tuple  # the call signature (see lazyjit.signature)
     param_names: tuple[str, ...]
     # (name, weak ref to the unconstrained tensor, constraint, its shape and strides)
     # compiled against.
@@ -159,6 +160,7 @@ class CompiledFunction:
         self.compile_time: float | None = None
         self.stats = CompileStats()
         self._cache = LRUCache(cache_size)
+        self._last_call: CallGuard | None = None
         self._lock = threading.RLock()
         self._warned_sites: set[str] = set()
 
@@ -166,6 +168,7 @@ class CompiledFunction:
         # Compiled programs are per process (MCMC worker processes rebuild them lazily).
         state = self.__dict__.copy()
         state["_cache"] = self._cache.max_size
+        state["_last_call"] = None
         del state["_lock"]
         return state
 
@@ -179,8 +182,7 @@ class CompiledFunction:
         return {key: entry.program for key, entry in self._cache.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key, leaves, idents = signature(args, kwargs)
-        entry, params = self._hit(key) or self._lookup(key, leaves, idents)
+        entry, params, leaves = self._entry(args, kwargs)
         run = entry.program if not entry.checks_left else self._checked(entry, "__call__")
         return entry.unflatten(run(*params, *leaves))
 
@@ -192,8 +194,7 @@ class CompiledFunction:
         a graph-capture backend returns gradients computed inside its graph. Nothing is
         accumulated into ``.grad``; the caller decides what to do with the gradients.
         """
-        key, leaves, idents = signature(args, kwargs)
-        entry, params = self._hit(key) or self._lookup(key, leaves, idents)
+        entry, params, leaves = self._entry(args, kwargs)
         program = entry.program
         run = (
             program.value_and_grad
@@ -208,7 +209,7 @@ class CompiledFunction:
             leaf_grads = [None] * len(leaves)
             for i, g in zip(entry.grad_leaves, grads[num_params:]):
                 leaf_grads[i] = g
-        gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, key)
+        gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, entry.key)
         return entry.unflatten(outputs), gradients
 
     def _checked(self, entry: _Entry, name: str) -> Callable:
@@ -245,6 +246,21 @@ class CompiledFunction:
     def clear(self) -> None:
         """Drops every compiled entry."""
         self._cache.clear()
+
+    def _entry(self, args: tuple, kwargs: dict) -> tuple[_Entry, list[torch.Tensor], list]:
+        """(the entry of this call's signature, its params, its tensor leaves): the
+        last call's entry where its guard passes, else looked up or compiled."""
+        guard = self._last_call
+        if guard is not None:
+            leaves = guard.leaves(args) if not kwargs else None
+            hit = self._hit(guard.key) if leaves is not None else None
+            if hit is not None:
+                return (*hit, leaves)
+        key, leaves, idents = signature(args, kwargs)
+        entry, params = self._hit(key) or self._lookup(key, leaves, idents)
+        if guard is None or guard.key != key:
+            self._last_call = CallGuard.of(args, kwargs, key)
+        return entry, params, leaves
 
     def _lookup(self, key, leaves, idents) -> tuple[_Entry, list[torch.Tensor]]:
         """After a miss of :meth:`_hit`: the entry, compiled if need be."""
@@ -314,6 +330,7 @@ class CompiledFunction:
         grad_leaves = tuple(i for i, t in enumerate(leaves) if t.requires_grad)
         entry = _Entry(
             program=program,
+            key=key,
             param_names=param_names,
             param_checks=tuple(
                 (name, weakref.ref(p), _PYRO_PARAM_STORE._constraints[name], (p.shape, p.stride()))

@@ -637,3 +637,38 @@ def test_calls_from_two_threads():
     assert not errors
     assert len(results) == 40 and all(torch.allclose(r, expected) for r in results)
     assert f.stats.compilations == 1
+
+
+def test_a_repeated_signature_is_checked_not_recomputed(monkeypatch):
+    import lazyjit.jit
+
+    computed = []
+    real = lazyjit.jit.signature
+    monkeypatch.setattr(lazyjit.jit, "signature", lambda *a: computed.append(1) or real(*a))
+
+    def fn(model, x, scale):
+        return model(x) * scale
+
+    compiled = lazyjit.trace(fn, backend="eager")
+    model = torch.nn.Identity()
+    x = torch.ones(3)
+    for _ in range(3):
+        assert_close(compiled(model, x, 2.0), x * 2)
+    assert len(computed) == 1
+    # Anything the key takes in that differs is seen, and computed again.
+    changes = [
+        lambda: compiled(torch.nn.Identity(), x, 2.0),  # another object
+        lambda: compiled(model, torch.ones(4), 2.0),  # a shape
+        lambda: compiled(model, torch.ones(3, dtype=torch.float64), 2.0),
+        lambda: compiled(model, torch.ones(3, 2)[:, 0], 2.0),  # strides
+        lambda: compiled(model, torch.ones(3, requires_grad=True), 2.0),
+        lambda: compiled(model, x, 3.5),  # a value
+        lambda: compiled(model, x=x, scale=2.0),  # keywords: no guard at all
+    ]
+    for i, change in enumerate(changes):
+        change()
+        compiled(model, x, 2.0)  # back to the guarded signature, computed again
+        assert len(computed) == 3 + 2 * i
+    with torch.no_grad():
+        compiled(model, x, 2.0)
+    assert len(computed) == 2 + 2 * len(changes)
