@@ -49,7 +49,8 @@ _KEEP_ZEROS = frozenset(
 
 
 def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
-    """Rewires each no-op's users to its operand, in place, and returns how many went.
+    """Rewires each no-op's users to its operand and returns how many went. The graph
+    changes in place; its module's code is the caller's to regenerate (``recompile()``).
 
     An arithmetic no-op goes only where the recorded shape and dtype show it changes
     neither (``int_tensor * 1.0`` is a cast), and where no op of the graph writes in
@@ -57,7 +58,8 @@ def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
     ``drop_detach``: the graph runs where nothing requires grad (a value-and-grad graph,
     run under ``torch.no_grad()``, or one whose inputs and constants require no grad),
     so a ``detach`` is an alias of its operand. A graph output never becomes an input or
-    a constant: the caller could write to what it gets back.
+    a constant: the caller could write to what it gets back. As in inductor's own
+    ``remove_no_ops``, ``x + 0`` goes although it turns ``-0.0`` into ``0.0``.
     """
     graph = graph_module.graph
     written = _written(graph)
@@ -77,8 +79,6 @@ def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
             outputs.add(operand)
         graph.erase_node(node)
         removed += 1
-    if removed:
-        graph_module.recompile()
     return removed
 
 
