@@ -349,6 +349,7 @@ def main() -> None:
         lambda: compile_section(args.quick),
     ]
     for section in sections:
+        wait_for_compiles()  # no section meets a compile that an earlier one started
         text, section_goals = section()
         goals += section_goals
         print(text, flush=True)
