@@ -721,11 +721,7 @@ def _direct_runner(compiled: Runner, graph_module: GraphModule, num_inputs: int)
     meta = getattr(serialize() if serialize else None, "runtime_metadata", None)
     code = inspect.unwrap(compiled)
     # aot_autograd passes the module's params and buffers (captured constants) first.
-    constants = [
-        t
-        for named in (graph_module.named_parameters, graph_module.named_buffers)
-        for _, t in named(remove_duplicate=False)
-    ]
+    constants = _constants(graph_module)
     num_outputs = len(graph_module.graph.output_node().args[0])
     if (
         meta is None
@@ -862,12 +858,19 @@ def capture(
     return graph_module, frozenset(custom_autograd)
 
 
+def _constants(graph_module: GraphModule) -> list[torch.Tensor]:
+    """The tensors a captured graph holds (GraphModule registers them as buffers), in the
+    order aot_autograd passes them."""
+    return [
+        t
+        for named in (graph_module.named_parameters, graph_module.named_buffers)
+        for _, t in named(remove_duplicate=False)
+    ]
+
+
 def _grad_anywhere(graph_module: GraphModule, inputs: Sequence[torch.Tensor]) -> bool:
     """Whether an input or a constant of the graph requires grad."""
-    constants = (
-        getattr(graph_module, n.target) for n in graph_module.graph.find_nodes(op="get_attr")
-    )
-    return any(t.requires_grad for t in (*inputs, *constants) if isinstance(t, torch.Tensor))
+    return any(t.requires_grad for t in (*inputs, *_constants(graph_module)))
 
 
 def _keep_random_stream(inputs: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
