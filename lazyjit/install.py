@@ -1,44 +1,59 @@
 """``lazyjit.install()``: make Pyro's own jit entry points resolve to lazyjit's.
 
-While installed, ``pyro.infer.JitTrace_ELBO`` and friends, ``pyro.ops.jit.trace`` and
-``pyro.infer.HMC``/``NUTS`` are lazyjit's, so an unmodified script (Pyro's examples run
-with ``--jit``) compiles with lazyjit. Names a script imported *before* ``install()``
-keep the objects they were bound to.
+While installed, every name that an imported Pyro module (``pyro`` or ``pyro.*``) binds to
+one of Pyro's jit entry points is bound to lazyjit's: the Jit ELBOs, ``pyro.ops.jit.trace``,
+``HMC``/``NUTS`` and MiniPyro's ``JitTrace_ELBO`` (see :data:`REPLACEMENTS`). That covers
+the packages (``pyro.infer.JitTrace_ELBO``), the defining modules
+(``pyro.infer.trace_elbo.JitTrace_ELBO``) and every Pyro module that imported a name
+before ``install()`` (``pyro.contrib.epidemiology.compartmental.NUTS``), so an unmodified
+script (Pyro's examples run with ``--jit``) compiles with lazyjit. A module imported
+after ``install()`` that does ``from pyro.infer import JitTrace_ELBO`` gets lazyjit's
+class too, since the package's attribute is lazyjit's then. Names bound outside Pyro
+before ``install()`` (a script's own ``from pyro.infer import NUTS``) keep Pyro's objects.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
-from .elbo import JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO
-from .jit import trace
-from .mcmc import HMC, NUTS
+import pyro.infer.mcmc.hmc
+import pyro.infer.mcmc.nuts
+import pyro.infer.trace_elbo
+import pyro.infer.trace_mean_field_elbo
+import pyro.infer.traceenum_elbo
+import pyro.infer.tracegraph_elbo
+import pyro.ops.jit
 
-# (module, attribute, replacement). A class is bound both in its defining module and in
-# the package that re-exports it; code may look it up in either.
-PATCHES: list[tuple[str, str, Any]] = [
-    ("pyro.ops.jit", "trace", trace),
-    ("pyro.infer", "JitTrace_ELBO", JitTrace_ELBO),
-    ("pyro.infer.trace_elbo", "JitTrace_ELBO", JitTrace_ELBO),
-    ("pyro.infer", "JitTraceEnum_ELBO", JitTraceEnum_ELBO),
-    ("pyro.infer.traceenum_elbo", "JitTraceEnum_ELBO", JitTraceEnum_ELBO),
-    ("pyro.infer", "JitTraceGraph_ELBO", JitTraceGraph_ELBO),
-    ("pyro.infer.tracegraph_elbo", "JitTraceGraph_ELBO", JitTraceGraph_ELBO),
-    ("pyro.infer", "JitTraceMeanField_ELBO", JitTraceMeanField_ELBO),
-    ("pyro.infer.trace_mean_field_elbo", "JitTraceMeanField_ELBO", JitTraceMeanField_ELBO),
-    # HMC/NUTS: lazyjit's compile the potential with jit_compile=True, else are Pyro's.
-    ("pyro.infer", "HMC", HMC),
-    ("pyro.infer.mcmc", "HMC", HMC),
-    ("pyro.infer.mcmc.hmc", "HMC", HMC),
-    ("pyro.infer", "NUTS", NUTS),
-    ("pyro.infer.mcmc", "NUTS", NUTS),
-    ("pyro.infer.mcmc.nuts", "NUTS", NUTS),
+from . import elbo, jit, mcmc
+
+# (Pyro's original, lazyjit's replacement), read from the defining modules at import,
+# before any install() can have replaced them.
+REPLACEMENTS: list[tuple[Any, Any]] = [
+    (pyro.ops.jit.trace, jit.trace),
+    (pyro.infer.trace_elbo.JitTrace_ELBO, elbo.JitTrace_ELBO),
+    (pyro.infer.traceenum_elbo.JitTraceEnum_ELBO, elbo.JitTraceEnum_ELBO),
+    (pyro.infer.tracegraph_elbo.JitTraceGraph_ELBO, elbo.JitTraceGraph_ELBO),
+    (pyro.infer.trace_mean_field_elbo.JitTraceMeanField_ELBO, elbo.JitTraceMeanField_ELBO),
+    # lazyjit's HMC/NUTS compile the potential with jit_compile=True, else are Pyro's.
+    (pyro.infer.mcmc.hmc.HMC, mcmc.HMC),
+    (pyro.infer.mcmc.nuts.NUTS, mcmc.NUTS),
 ]
+try:
+    import pyro.contrib.minipyro
 
-_originals: dict[tuple[str, str], Any] = {}
+    from . import minipyro
+except ImportError:  # a Pyro without MiniPyro
+    pass
+else:
+    REPLACEMENTS.append((pyro.contrib.minipyro.JitTrace_ELBO, minipyro.JitTrace_ELBO))
+
+# By id: module attributes need not be hashable, and identity is what counts.
+_BY_ID = {id(original): replacement for original, replacement in REPLACEMENTS}
+
+# (module name, attribute) -> (module, original) for every attribute install() replaced.
+_replaced: dict[tuple[str, str], tuple[ModuleType, Any]] = {}
 
 
 class Installation:
@@ -64,26 +79,34 @@ class Installation:
 
 
 def install() -> Installation:
-    """Points every entry of ``PATCHES`` at lazyjit's replacement.
+    """Binds every attribute of an imported Pyro module that is one of Pyro's originals in
+    :data:`REPLACEMENTS` to lazyjit's replacement.
 
-    Idempotent. Use as ``lazyjit.install()`` (undo with :func:`uninstall`) or as
-    ``with lazyjit.install(): ...``.
+    Idempotent; calling it again also covers Pyro modules imported since. Use as
+    ``lazyjit.install()`` (undo with :func:`uninstall`) or as
+    ``with lazyjit.install(): ...``. lazyjit's own modules are not Pyro's, so the classes
+    lazyjit derives from Pyro's keep their bases.
     """
-    owner = not _originals
-    for module_name, attribute, replacement in PATCHES:
-        module = importlib.import_module(module_name)
-        _originals.setdefault((module_name, attribute), getattr(module, attribute))
-        setattr(module, attribute, replacement)
+    owner = not _replaced
+    # A copy: importing is not expected here, but another thread may import meanwhile.
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "pyro" or name.startswith("pyro.")):
+            continue
+        for attribute, value in list(vars(module).items()):
+            replacement = _BY_ID.get(id(value))
+            if replacement is not None:
+                _replaced.setdefault((name, attribute), (module, value))
+                setattr(module, attribute, replacement)
     return Installation(owner)
 
 
 def uninstall() -> None:
     """Restores every attribute :func:`install` replaced. A no-op if not installed."""
-    for (module_name, attribute), original in _originals.items():
-        setattr(sys.modules[module_name], attribute, original)
-    _originals.clear()
+    for (_, attribute), (module, original) in _replaced.items():
+        setattr(module, attribute, original)
+    _replaced.clear()
 
 
 def is_installed() -> bool:
     """Whether :func:`install` is in effect."""
-    return bool(_originals)
+    return bool(_replaced)
