@@ -10,6 +10,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import functools
 import inspect
 import linecache
@@ -34,14 +35,21 @@ from pyro import validation_enabled
 from torch.fx import GraphModule, Interpreter
 from torch.overrides import TorchFunctionMode, has_torch_function
 
-from . import recorder
-from .errors import LazyJitError, LazyJitWarning, StructureError
+from . import guards, recorder
+from .errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning
 from .recorder import DATA_DEPENDENT, record
 from .simplify import simplify
 
 logger = logging.getLogger("lazyjit")
 
+# The function a backend compiles. The one lazyjit.trace passes has an attribute `guard`,
+# whether its value reads may be guarded (lazyjit.guards; false with strict=True), and a
+# method `fell_back()`, which counts a part of it that runs eagerly after all.
 Flat = Callable[..., tuple[torch.Tensor, ...]]
+# Held while lazyjit runs Pyro code outside a compiled program (a signature's first call,
+# an eager tier, a capture): Pyro's effect-handler stack is process-wide, and two threads
+# inside it at once break each other's handlers.
+PYRO_LOCK = threading.RLock()
 # What runs a captured graph: its FX code, or inductor's compiled function (a list out).
 Runner = Callable[..., Sequence[torch.Tensor]]
 
@@ -179,14 +187,16 @@ class TorchScriptBackend(Backend):
             with (
                 _WARNINGS_LOCK,  # see "auto" below: no compiler thread in catch_warnings
                 warnings.catch_warnings(record=True) as caught,
-                _shape_conversions_quiet(),
+                guards.watching(_depends_on_data),
+                # Tracing runs the function once: its random draws must not move the stream.
+                _keep_random_stream(inputs),
             ):
                 warnings.simplefilter("always")
                 script = _jit_trace(fn, tuple(inputs), options)
         finally:
             _this_trace.derived = outer_trace
         for w in caught:
-            if _DEPRECATED.search(str(w.message)):
+            if _NO_CONCERN.search(str(w.message)):
                 continue
             if issubclass(w.category, torch.jit.TracerWarning) and _DATA_DEPENDENT.match(
                 str(w.message)
@@ -242,65 +252,28 @@ def _no_name(value: torch.Tensor) -> str:
     return ""
 
 
-# TracerWarnings that mean the trace baked in a decision taken on a tensor's value.
-# Pyro wraps its own safe conversions in ignore_jit_warnings(), so they never get here.
-_DATA_DEPENDENT = re.compile(r"Converting a tensor to a|Iterating over a tensor")
-_DEPRECATED = re.compile(r"torch\.jit\.trace.* is deprecated")
+# TracerWarnings that mean the trace baked in a decision taken on a tensor's value (one
+# that lazyjit.guards did not cover).
+_DATA_DEPENDENT = re.compile(r"Converting a tensor to a")
+# Warnings of no concern to the user: the deprecation, and iterating over a tensor, whose
+# number of items is a shape, which the cache key fixes.
+_NO_CONCERN = re.compile(r"torch\.jit\.trace.* is deprecated|Iterating over a tensor")
 
 # While tracing, tensor sizes are tensors too, so a branch on a shape (`if x.shape[0] != 1`,
 # in Pyro and in torch.distributions alike) makes the tracer warn as if it read data. Every
 # call is keyed on its input shapes, so a value computed from shapes and constants alone
-# is static per compiled entry: converting one is made quiet. Other conversions still warn.
-_CONVERSIONS = ("__bool__", "__int__", "__float__", "__index__", "item")
-_SIZE_OPS = frozenset({"aten::size", "aten::numel", "aten::dim"})
-_quiet_lock = threading.Lock()
-_quiet_users = 0
-_unpatched: dict[str, Any] = {}
+# is static per compiled entry (see lazyjit.guards).
 # Per thread, the (value, shape only) pairs of the current trace's graph known to follow
 # from shapes and constants: a later walk stops there, so a trace with many
 # conversions (an HMM's every time step) walks each part of its graph once, not once
 # per conversion.
 _this_trace = threading.local()
+_SIZE_OPS = frozenset({"aten::size", "aten::numel", "aten::dim"})
 
 
-@contextlib.contextmanager
-def _shape_conversions_quiet() -> Iterator[None]:
-    """Wraps the tensor-to-Python conversions (process-wide, so reference-counted across
-    threads; the wrappers check the calling thread's tracing state)."""
-    global _quiet_users
-    with _quiet_lock:
-        if _quiet_users == 0:
-            for name in _CONVERSIONS:
-                _unpatched[name] = torch.Tensor.__dict__.get(name)
-                setattr(torch.Tensor, name, _quiet_if_shape_derived(getattr(torch.Tensor, name)))
-        _quiet_users += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_users -= 1
-            if _quiet_users == 0:
-                for name, method in _unpatched.items():
-                    if method is None:
-                        delattr(torch.Tensor, name)  # uncovers torch._C.TensorBase's
-                    else:
-                        setattr(torch.Tensor, name, method)
-
-
-def _quiet_if_shape_derived(convert: Callable) -> Callable:
-    @functools.wraps(convert)
-    def checked(self: torch.Tensor, *args: Any) -> Any:
-        if torch._C._get_tracing_state() is None:
-            return convert(self, *args)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = convert(self, *args)
-        if caught and not _shape_derived(self):
-            for w in caught:  # at the line that converted, under the caller's filters
-                warnings.warn(w.message, stacklevel=2)
-        return result
-
-    return checked
+def _depends_on_data(tensor: torch.Tensor) -> bool:
+    """Whether a tensor that TorchScript traces depends on the trace's input data."""
+    return torch._C._get_tracing_state() is not None and not _shape_derived(tensor)
 
 
 def _shape_derived(tensor: torch.Tensor) -> bool:
@@ -692,7 +665,6 @@ def inductor_compile(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    global _inductor_started
     fake_mode = FakeTensorMode(shape_env=ShapeEnv())
     examples = [fake_mode.from_tensor(t, static_shapes=True) for t in inputs]
     with torch.set_grad_enabled(grad):
@@ -701,7 +673,6 @@ def inductor_compile(
             examples,
             config_patches={**INDUCTOR_CONFIG, **(config or {})},
         )
-    _inductor_started = True
     return (not grad and _direct_runner(compiled, graph_module, len(inputs))) or compiled
 
 
@@ -756,18 +727,6 @@ def _direct_runner(compiled: Runner, graph_module: GraphModule, num_inputs: int)
         return code.current_callable([*constants, *inputs])
 
     return direct
-
-
-# Inductor's first compile in a process starts it up: imports, compiler checks, caches
-# (2.4 s measured on the benchmark machine, cache hit or not).
-_inductor_started = False
-
-
-def inductor_started() -> bool:
-    """Whether inductor has compiled a graph in this process, so that a compile no
-    longer pays its start-up: 0.01 to 0.03 s from its on-disk cache, 0.3 to 0.5 s
-    otherwise, for the graphs of NUTS on the seed models."""
-    return _inductor_started
 
 
 class InductorBackend(AtenBackend):
@@ -839,22 +798,22 @@ def capture(
             custom_autograd.update(_custom_autograd_functions(outputs))
         return outputs
 
-    with _TRACE_LOCK:  # the FX sources made meanwhile are this graph's own
-        sources = _fx_source_keys()
-        try:
-            with validation_enabled(False), _keep_random_stream(inputs), _pyro_sees_a_tracer():
-                graph_module = record(traced, inputs, detach_no_grad=replayable)
-        except RuntimeError as e:
-            if DATA_DEPENDENT in str(e):
-                raise StructureError(
-                    "it reads the value of a tensor (a branch on it, .item(), bool(), int())",
-                    _site(e),
-                ) from e
-            raise
-        simplify(graph_module, drop_detach=no_grad or not _grad_anywhere(graph_module, inputs))
-        graph_module.graph.eliminate_dead_code()
-        graph_module.recompile()
-        weakref.finalize(graph_module, _forget_fx_sources, _fx_source_keys() - sources)
+    try:
+        with validation_enabled(False), _keep_random_stream(inputs), _pyro_sees_a_tracer():
+            graph_module = record(traced, inputs, detach_no_grad=replayable)
+    except RuntimeError as e:
+        if DATA_DEPENDENT in str(e):
+            raise StructureError(
+                "it reads the value of a tensor (a branch on it, .item(), bool(), int())",
+                _site(e),
+            ) from e
+        raise
+    sources = {_fx_source_key(graph_module)}
+    simplify(graph_module, drop_detach=no_grad or not _grad_anywhere(graph_module, inputs))
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    sources.add(_fx_source_key(graph_module))
+    weakref.finalize(graph_module, _forget_fx_sources, sources)
     return graph_module, frozenset(custom_autograd)
 
 
@@ -882,10 +841,10 @@ def _keep_random_stream(inputs: Sequence[torch.Tensor]) -> contextlib.AbstractCo
 # torch.fx keeps the source of every GraphModule it generates in a process-wide cache
 # (for tracebacks) that never shrinks: about 45 KB per evicted cache entry, measured.
 # A captured graph's sources go with it.
-def _fx_source_keys() -> set[str]:
-    from torch.fx.graph_module import _loader
-
-    return set(_loader.eval_cache)
+def _fx_source_key(graph_module: GraphModule) -> str:
+    """The key of the graph's generated code in torch.fx's source cache (the file name
+    it was compiled under)."""
+    return type(graph_module).forward.__code__.co_filename
 
 
 def _forget_fx_sources(keys: set[str]) -> None:
@@ -1022,11 +981,14 @@ def _needs_autograd(inputs: Sequence[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
 
 
-def _warn_once(warned: set[str], what: str, message: str) -> None:
-    """A :class:`LazyJitWarning` at the caller's line, the first time ``what`` happens."""
+def _warn_once(
+    warned: set[str], what: str, message: str, category: type[Warning] = LazyJitWarning
+) -> None:
+    """A warning (a :class:`LazyJitWarning` unless told) at the caller's line, the first
+    time ``what`` happens."""
     if what not in warned:
         warned.add(what)
-        warnings.warn(f"lazyjit: {message}", LazyJitWarning, stacklevel=_caller_stacklevel())
+        warnings.warn(f"lazyjit: {message}", category, stacklevel=_caller_stacklevel())
 
 
 def _caller_stacklevel() -> int:
@@ -1065,9 +1027,8 @@ def _site(error: BaseException) -> str:
 #   structure guard), either could lose the other's warnings for good. Both take
 #   _WARNINGS_LOCK, held for the length of those two blocks only.
 # * aot_autograd traces the graph with make_fx, and torch.fx's tracer keeps a module-global
-#   patcher: two traces at once fail ("CURRENT_PATCHER is None", measured). Captures and
-#   compiles take _TRACE_LOCK; a lane that is hot while a compile runs waits its turn
-#   (on its tier, counting on) instead of capturing.
+#   patcher: two traces at once fail ("CURRENT_PATCHER is None", measured). Compiles take
+#   _TRACE_LOCK. lazyjit's own captures do not use that tracer and run beside them.
 # * aot_autograd's tracing turns on anomaly mode, which is process-wide too: autograd on
 #   other threads runs slower for that moment (a fraction of the compile). A training
 #   compile (forward and backward, for a differentiable plain call) also traces a joint
@@ -1201,71 +1162,62 @@ def compiles_started() -> int:
     return _COMPILER.started
 
 
+@dataclasses.dataclass(frozen=True)
+class TierPolicy:
+    """When a :class:`TieredProgram`'s lane moves up, counted in its calls, never in
+    seconds: the same sequence of calls switches at the same calls in every run, so a
+    seeded program gives the same numbers every time (``docs/reliability.md``).
+
+    :ivar warm_calls: after this many calls on tier 0, the lane's aten graph is captured
+        and runs on TorchScript (or as FX code) from the next call on.
+    :ivar hot_calls: after this many calls, inductor compiles that graph in the
+        background (a differentiable plain call: on the calling thread, at once).
+    :ivar switch_calls: the lane runs the inductor code from this many calls after it
+        was hot, waiting there for the compile if it is not done yet. ``None`` switches
+        as soon as the compile is done instead: faster to arrive, but at a call that
+        depends on the machine's load, so two runs may differ in the last bits.
+    """
+
+    warm_calls: float = 2
+    hot_calls: float = 2000
+    switch_calls: float | None = 2000
+
+
 class Lane:
     """One way of calling a :class:`TieredProgram`: plain calls, or ``value_and_grad``.
 
     :ivar kind: ``"call"`` or ``"value_and_grad"``.
-    :ivar tier: what runs it now: ``"torchscript"`` or ``"eager"`` (tier 0), ``"aten-jit"``
-        or ``"aten"`` (its captured graph on TorchScript, or as FX code) or ``"inductor"``.
-    :ivar t0: what tier 0 took to get going: its compile and its first
-        :data:`_UNTIMED_CALLS` calls.
-    :ivar warm_seconds: the time spent in it after which its graph is captured:
-        ``max(warm_floor, warm_factor * t0)``.
-    :ivar hot_seconds: the time spent in it after which inductor compiles that graph:
-        ``max(hot_floor, hot_factor * t0)``.
-    :ivar hot_calls: the number of calls after which it is hot, whatever the time.
-    :ivar calls: calls counted until it was hot.
-    :ivar seconds: seconds spent in those calls, but for the first :data:`_UNTIMED_CALLS`.
+    :ivar policy: the :class:`TierPolicy` it follows.
+    :ivar tier: what runs it now: tier 0 (``"eager"``, or the name of
+        :attr:`AutoBackend.first`), ``"aten-jit"`` or ``"aten"`` (its captured graph on
+        TorchScript, or as FX code) or ``"inductor"``.
+    :ivar calls: calls counted until it runs inductor's code (or stays where it is).
     :ivar graph_module: the graph captured, once warm (or given in advance: a plain-call
         lane given one compiles it without a backward).
-    :ivar future: the background compile of that graph; done once the lane has switched.
+    :ivar future: the background compile of that graph, whose result the lane takes at
+        call :attr:`switch_at`.
+    :ivar waited_seconds: how long the lane waited at that call for the compile.
     """
 
-    def __init__(
-        self,
-        kind: str,
-        tier: str,
-        hot_calls: float,
-        hot_floor: float,
-        hot_factor: float = 0.0,
-        warm_floor: float = math.inf,
-        warm_factor: float = 0.0,
-        t0: float = 0.0,
-    ):
+    def __init__(self, kind: str, tier: str, policy: TierPolicy):
         self.kind = kind
         self.tier = tier
-        self.hot_calls = hot_calls
-        self._rule = (warm_floor, warm_factor, hot_floor, hot_factor)
-        self.t0 = 0.0
-        self.add_to_t0(t0)
+        self.policy = policy
         self.calls = 0
-        self.seconds = 0.0
         self.warm = False
         self.hot = False
         self.wrt: Sequence[int] = ()
         self.graph_module: GraphModule | None = None
         self.future: Future | None = None
-        self.run: LaneRunner  # what a call runs: `runner`, counted until the lane is hot
+        self.switch_at = math.inf
+        self.waited_seconds = 0.0
+        self.run: LaneRunner  # what a call runs: `runner`, counted until the lane is done
         self.runner: LaneRunner  # the current tier, uncounted
         self.base: LaneRunner  # tier 0, uncounted: for a wrt no graph was captured for
 
-    def add_to_t0(self, seconds: float) -> None:
-        """Counts ``seconds`` as tier 0's compile, which moves the thresholds."""
-        warm_floor, warm_factor, hot_floor, hot_factor = self._rule
-        self.t0 += seconds
-        self.warm_seconds = max(warm_floor, warm_factor * self.t0)
-        self.hot_seconds = max(hot_floor, hot_factor * self.t0)
-
-
-# A traced function's first calls build its execution plan (an optimizing executor
-# profiles the first and optimizes in the second: seconds for the seed HMM's graphs):
-# that is its compile, not its use.
-_UNTIMED_CALLS = 2
 
 # Moving to TorchScript stalls the caller: the trace and the executor's optimizing first
-# calls, on top of the capture (measured on a chain of Normal sites: 0.06 + 0.17 s for a
-# 2,605-node graph, 0.8 + 3.0 s for 26,005 nodes, which then runs 4 times as fast as its
-# FX code: 13 against 55 ms a call). Bigger graphs run as FX code instead.
+# calls, on top of the capture; bigger graphs run as FX code instead (docs/backends.md).
 _SCRIPT_MAX_NODES = 30000
 
 
@@ -1273,19 +1225,18 @@ class TieredProgram(Program):
     """The ``"auto"`` backend's program: tier 0, then its captured graph on TorchScript
     once warm, then inductor once hot.
 
-    Tier 0 is the program of :attr:`AutoBackend.first` (TorchScript unless set), or the
-    eager function where that failed.
+    Tier 0 is the program of :attr:`AutoBackend.first` (eager Pyro unless set).
     Plain calls and ``value_and_grad`` are two :class:`Lane`\\ s, each tiered up on its
-    own. A lane counts its calls and the seconds spent in them (see :class:`AutoBackend`
-    for the rule). Once warm, its aten graph is captured on the calling thread (the capture
-    runs the Pyro code, and Pyro's effect-handler stack is process-wide) and the lane runs
-    that graph traced by TorchScript (``"aten-jit"``), or as FX code (``"aten"``) where the
-    graph is too big to trace on the caller's thread. Once hot, inductor compiles the graph
-    on lazyjit's compiler thread and the lane switches to it when the compile is done. A
+    own by its :class:`TierPolicy`. Once warm, its aten graph is captured on the calling
+    thread (the capture runs the Pyro code, and Pyro's effect-handler stack is
+    process-wide) and the lane runs that graph traced by TorchScript (``"aten-jit"``), or
+    as FX code (``"aten"``) where the graph is too big to trace on the caller's thread
+    or TorchScript is missing. Once hot, inductor compiles the graph on lazyjit's
+    compiler thread, and the lane takes the compiled code at its switch call. A
     differentiable plain call needs inductor's training compile, which cannot run beside
-    the caller: that lane skips the warm tier and compiles on the calling thread, only after
-    ``blocking_hot_seconds``. A failed capture or compile leaves the lane on its tier, with
-    a one-time :class:`LazyJitWarning`.
+    the caller: that lane skips the warm tier and compiles on the calling thread. A failed
+    capture or compile leaves the lane on its tier, with a one-time
+    :class:`LazyJitWarning`.
 
     :ivar base: the tier-0 program.
     :ivar lanes: ``{"call": Lane, "value_and_grad": Lane}``.
@@ -1299,10 +1250,21 @@ class TieredProgram(Program):
         self.base = base
         self.lanes = lanes
         self.compile_seconds = 0.0
+        if type(base) is Program:  # eager: Pyro code
+
+            def plain(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+                with PYRO_LOCK:
+                    return base(*inputs)
+
+            def grad(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+                with PYRO_LOCK:
+                    return base.value_and_grad(inputs, wrt)
+        else:
+            plain, grad = (lambda inputs, wrt: base(*inputs)), base.value_and_grad
         self._plain = lanes["call"]
-        self._plain.runner = self._plain.base = lambda inputs, wrt: base(*inputs)
+        self._plain.runner = self._plain.base = plain
         self._grad = lanes["value_and_grad"]
-        self._grad.runner = self._grad.base = base.value_and_grad
+        self._grad.runner = self._grad.base = grad
         for lane in lanes.values():
             lane.run = self._counting(lane)
         self._lock = threading.Lock()
@@ -1322,23 +1284,20 @@ class TieredProgram(Program):
         return not concurrent.futures.wait(futures, timeout).not_done
 
     def _counting(self, lane: Lane) -> LaneRunner:
-        """The lane's runner, timed and counted until the lane is hot."""
+        """The lane's runner, counted until the lane has taken inductor's code."""
+        policy = lane.policy
 
         def counted(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
-            start = time.perf_counter()
             result = lane.runner(inputs, wrt)
-            elapsed = time.perf_counter() - start
             lane.calls += 1
-            timed = lane.calls > _UNTIMED_CALLS
-            if timed:
-                lane.seconds += elapsed
-            else:
-                lane.add_to_t0(elapsed)
-            if _COMPILER.busy:  # one capture or compile at a time: wait for its end
-                return result
-            if lane.calls >= lane.hot_calls or (timed and lane.seconds >= lane.hot_seconds):
+            if lane.future is not None:
+                if lane.calls >= lane.switch_at or (
+                    policy.switch_calls is None and lane.future.done()
+                ):
+                    self._take_compiled(lane)
+            elif lane.calls >= policy.hot_calls:
                 self._tier_up(lane, inputs, wrt)
-            elif timed and not lane.warm and lane.seconds >= lane.warm_seconds:
+            elif not lane.warm and lane.calls >= policy.warm_calls:
                 self._warm_up(lane, inputs, wrt)
             return result
 
@@ -1353,20 +1312,37 @@ class TieredProgram(Program):
         start = time.perf_counter()
         grad = False
         try:
-            if lane is self._grad:
-                graph_module = capture_value_and_grad(self.flat, inputs, tuple(wrt))
-            else:
-                graph_module, custom_autograd = capture(self.flat, inputs, replayable=True)
-                grad = _needs_autograd(inputs)
-                if grad and custom_autograd:
-                    logger.info(
-                        "lazyjit: plain calls stay on %s: they use %s, whose backward an "
-                        "aten graph cannot keep",
-                        lane.tier,
-                        ", ".join(sorted(custom_autograd)),
-                    )
-                    return None
+            with PYRO_LOCK:
+                if lane is self._grad:
+                    graph_module = capture_value_and_grad(self.flat, inputs, tuple(wrt))
+                else:
+                    graph_module, custom_autograd = capture(self.flat, inputs, replayable=True)
+                    grad = _needs_autograd(inputs)
+                    if grad and custom_autograd:
+                        logger.info(
+                            "lazyjit: plain calls stay on %s: they use %s, whose backward an "
+                            "aten graph cannot keep",
+                            lane.tier,
+                            ", ".join(sorted(custom_autograd)),
+                        )
+                        return None
+        except StructureError as e:
+            if not getattr(self.flat, "guard", True):  # strict: no guards, no fallback
+                raise LazyJitError(
+                    f"{lane.kind} cannot be compiled: {e}. Its structure depends on tensor "
+                    "values, so a compiled version could be silently wrong."
+                ) from e
+            self._fell_back()
+            _warn_once(
+                self._warned,
+                lane.kind,
+                f"{lane.kind} stays on {lane.tier}: its structure depends on a tensor value "
+                f"that no guard can check, at {e.site}",
+                StructureWarning,
+            )
+            return None
         except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
+            self._fell_back()
             _warn_once(
                 self._warned,
                 lane.kind,
@@ -1378,17 +1354,20 @@ class TieredProgram(Program):
         seconds = time.perf_counter() - start
         self._add_compile_seconds(seconds)
         logger.info(
-            "lazyjit: %s is %s after %d calls (%.3f s on %s); captured its graph (%d nodes) "
-            "in %.3f s",
+            "lazyjit: %s is %s after %d calls on %s; captured its graph (%d nodes) in %.3f s",
             lane.kind,
             "hot" if lane.hot else "warm",
             lane.calls,
-            lane.seconds,
             lane.tier,
             len(graph_module.graph.nodes),
             seconds,
         )
         return grad
+
+    def _fell_back(self) -> None:
+        fell_back = getattr(self.flat, "fell_back", None)
+        if fell_back is not None:
+            fell_back()
 
     def _warm_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
         with self._lock:
@@ -1403,54 +1382,55 @@ class TieredProgram(Program):
             if lane.hot:  # another thread got there first
                 return
             lane.hot = True
-        lane.run = lane.runner  # counting is over
-        grad = False
-        if lane.graph_module is None:
-            if lane.warm:  # its capture failed: no second stall
+        try:
+            grad = False
+            if lane.graph_module is None:
+                if lane.warm:  # its capture failed: no second stall
+                    return
+                grad = self._capture(lane, inputs, wrt)
+                if grad is None:
+                    return
+            if not grad and not lane.warm:  # a warm lane runs its graph already
+                self._run_captured(lane, inputs)
+            logger.info(
+                "lazyjit: %s is hot after %d calls; inductor compiles its graph %s",
+                lane.kind,
+                lane.calls,
+                "now, on this thread (a training compile)" if grad else "in the background",
+            )
+            job = functools.partial(self._compile, lane.graph_module, inputs, grad)
+            if grad:
+                with _TRACE_LOCK:
+                    self._finish_compile(lane, _done_future(job))
                 return
-            grad = self._capture(lane, inputs, wrt)
-            if grad is None:
-                return
-        if not grad and not lane.warm:  # a warm lane runs its graph already
-            self._run_captured(lane, inputs)
-        graph_module = lane.graph_module
-        logger.info(
-            "lazyjit: %s is hot after %d calls (%.3f s); inductor compiles its graph %s",
-            lane.kind,
-            lane.calls,
-            lane.seconds,
-            "now, on this thread (a training compile)" if grad else "in the background",
-        )
-        job = functools.partial(self._compile_and_switch, lane, graph_module, inputs, grad)
-        if grad:
-            with _TRACE_LOCK:
-                job()
-        else:
             lane.future = _COMPILER.submit(job)
+            if lane.policy.switch_calls is not None:
+                lane.switch_at = lane.calls + lane.policy.switch_calls
+        finally:
+            if lane.future is None:
+                lane.run = lane.runner  # counting is over
 
     def _run_captured(self, lane: Lane, inputs: Sequence[torch.Tensor]) -> None:
         """Switches the lane to its captured graph traced by TorchScript (as
         ``"aten-jit"`` does): tracing costs one run of the graph, and the graph, which
-        needs no autograd at call time, runs about twice as fast as tier 0 (measured on
-        the NUTS potentials; 3.5x on the seed HMM's epoch). A graph too big to trace on the caller's
-        thread runs as FX code (as ``"aten"`` does); where tracing fails, the lane stays
-        on its tier."""
+        needs no autograd at call time, runs about twice as fast as Pyro's jit. A graph
+        too big to trace on the caller's thread runs as FX code (as ``"aten"`` does), and
+        so does one that TorchScript fails to trace."""
         graph_module = lane.graph_module
-        nodes = len(graph_module.graph.nodes)
-        if nodes > _SCRIPT_MAX_NODES:
+        if len(graph_module.graph.nodes) > _SCRIPT_MAX_NODES:
             self._switch(lane, graph_module.forward, "aten")
             return
         start = time.perf_counter()
         try:
             runner = script_graph(graph_module, inputs, False)
-        except Exception as e:  # noqa: BLE001 - tier 0 computes the same thing
+        except Exception as e:  # noqa: BLE001 - the graph's FX code computes the same thing
             logger.info(
-                "lazyjit: %s stays on %s: TorchScript failed to trace its graph (%s: %s)",
+                "lazyjit: %s runs its graph as FX code: TorchScript failed to trace it (%s: %s)",
                 lane.kind,
-                lane.tier,
                 type(e).__name__,
                 e,
             )
+            self._switch(lane, graph_module.forward, "aten")
             return
         self._add_compile_seconds(time.perf_counter() - start)
         self._switch(lane, runner, "aten-jit")
@@ -1459,20 +1439,44 @@ class TieredProgram(Program):
         with self._lock:  # the compiler thread adds too
             self.compile_seconds += seconds
 
-    def _compile_and_switch(
-        self, lane: Lane, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
-    ) -> None:
+    def _compile(
+        self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
+    ) -> Runner:
         start = time.perf_counter()
-        try:
-            _prepare_inductor_for_threads()
-            compiled = inductor_compile(graph_module, inputs, grad, _BACKGROUND_CONFIG)
-        except Exception as e:  # noqa: BLE001 - reported on the caller's thread
-            self._report_on_next_call(lane, e)
-            return
+        _prepare_inductor_for_threads()
+        compiled = inductor_compile(graph_module, inputs, grad, _BACKGROUND_CONFIG)
         seconds = time.perf_counter() - start
         self._add_compile_seconds(seconds)
-        logger.info("lazyjit: inductor compiled the %s graph in %.3f s", lane.kind, seconds)
-        self._switch(lane, compiled, "inductor")
+        logger.info("lazyjit: inductor compiled a graph in %.3f s", seconds)
+        return compiled
+
+    def _take_compiled(self, lane: Lane) -> None:
+        """At the lane's switch call: waits for its compile, and switches to it."""
+        start = time.perf_counter()
+        concurrent.futures.wait([lane.future])
+        lane.waited_seconds = time.perf_counter() - start
+        if lane.waited_seconds > 0.001:
+            logger.info(
+                "lazyjit: %s waited %.3f s at call %d for its inductor compile",
+                lane.kind,
+                lane.waited_seconds,
+                lane.calls,
+            )
+        self._finish_compile(lane, lane.future)
+        lane.run = lane.runner  # counting is over
+
+    def _finish_compile(self, lane: Lane, future: Future) -> None:
+        try:
+            runner = future.result()
+        except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
+            _warn_once(
+                self._warned,
+                "inductor",
+                f"{lane.kind} stays on {lane.tier}: inductor failed to compile its graph "
+                f"({type(e).__name__}: {e})",
+            )
+            return
+        self._switch(lane, runner, "inductor")
 
     def _switch(self, lane: Lane, runner: Runner, tier: str) -> None:
         """Makes ``lane`` run its captured graph with ``runner``, as ``tier``."""
@@ -1489,113 +1493,67 @@ class TieredProgram(Program):
                 return base(inputs, wrt)  # not the wrt the graph was captured for
 
         lane.runner = run
-        if lane.hot:  # no longer counted
-            lane.run = run
         logger.info("lazyjit: %s switched from %s to %s", lane.kind, lane.tier, tier)
         lane.tier = tier
 
-    def _report_on_next_call(self, lane: Lane, error: Exception) -> None:
-        """A warning raised on the compiler thread would reach no one: the lane's next
-        call warns, on its caller's thread, and the lane stays on its tier."""
-        fallback = lane.run
 
-        def report(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
-            lane.run = fallback
-            _warn_once(
-                self._warned,
-                "inductor",
-                f"{lane.kind} stays on {lane.tier}: inductor failed to compile its graph "
-                f"({type(error).__name__}: {error})",
-            )
-            return fallback(inputs, wrt)
-
-        lane.run = report
+def _done_future(job: Callable[[], Any]) -> Future:
+    """A future holding what ``job()`` returned or raised."""
+    future: Future = Future()
+    try:
+        future.set_result(job())
+    except Exception as e:  # noqa: BLE001 - the future carries it
+        future.set_exception(e)
+    return future
 
 
 class AutoBackend(Backend):
-    """Tiered compilation: TorchScript first (cheap to compile), then the captured graph
-    on TorchScript once warm, inductor once hot.
+    """Tiered compilation: eager Pyro first (nothing to compile for a call that does not
+    repeat), then the captured graph on TorchScript once warm, inductor once hot.
 
-    The first call compiles with TorchScript, its executor's optimization off (tier 0
-    lasts only until a graph is captured), or runs eagerly where TorchScript fails
-    (with a one-time :class:`LazyJitWarning`; a function whose structure depends on
-    tensor values still raises :class:`StructureError`, as with ``"torchscript"``).
     The program is a :class:`TieredProgram`. Each of its lanes (plain calls,
-    ``value_and_grad``) counts the time spent in it from its third call. With ``t0`` what
-    tier 0 took to get going, its compile and its first two calls (a bigger graph costs
-    more to capture, so it must prove itself longer), a lane is
+    ``value_and_grad``) counts its calls and moves up by ``policy``, a
+    :class:`TierPolicy`: tier switches happen at the same calls in every run, so a seeded
+    program is reproducible bit for bit. ``docs/backends.md`` has the measurements behind
+    the defaults.
 
-    - warm at ``max(warm_seconds, warm_compile_factor * t0)``: its graph is captured on the
-      calling thread and runs on TorchScript without autograd;
-    - hot at ``max(hot_seconds, hot_compile_factor * t0)``, or after ``hot_calls`` calls
-      if that comes first: inductor compiles the graph in the background.
-
-    A differentiable plain call compiles on the calling thread instead: its lane has no
-    warm tier and uses ``blocking_hot_seconds`` in place of ``hot_seconds`` and no call
-    count. Set these on ``lazyjit.BACKENDS["auto"]``; they apply to programs compiled
-    afterwards. ``docs/backends.md`` has the measurements behind the defaults.
-
-    ``first`` (an attribute too) replaces tier 0: ``Backend()`` runs eagerly until warm,
-    for a function that TorchScript cannot trace (one that differentiates inside, like a
-    NUTS leaf).
+    :param policy: when lanes move up.
+    :param first: tier 0 (an attribute too): ``Backend()`` (eager Pyro) by default;
+        ``TorchScriptBackend(optimize=False)`` is faster on tier 0 where TorchScript
+        is available, but drops random draws whose results go unused.
     """
 
     name = "auto"
 
-    def __init__(
-        self,
-        warm_seconds: float = 0.1,
-        warm_compile_factor: float = 3.0,
-        hot_seconds: float = 2.0,
-        hot_compile_factor: float = 20.0,
-        hot_calls: float = math.inf,
-        blocking_hot_seconds: float = 10.0,
-        first: Backend | None = None,
-    ):
-        self.warm_seconds = warm_seconds
-        self.warm_compile_factor = warm_compile_factor
-        self.hot_seconds = hot_seconds
-        self.hot_compile_factor = hot_compile_factor
-        self.hot_calls = hot_calls
-        self.blocking_hot_seconds = blocking_hot_seconds
-        self.first = TorchScriptBackend(optimize=False) if first is None else first
+    def __init__(self, policy: TierPolicy | None = None, first: Backend | None = None):
+        self.policy = TierPolicy() if policy is None else policy
+        self.first = Backend() if first is None else first
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
-        start = time.perf_counter()
         try:
             base, tier = self.first.compile(fn, inputs, options), self.first.name
         except StructureError:
             raise
-        except Exception as e:  # noqa: BLE001 - eager is tier 0 where TorchScript fails
+        except Exception as e:  # noqa: BLE001 - eager is tier 0 where `first` fails
             warnings.warn(
-                f"lazyjit: TorchScript failed ({type(e).__name__}: {e}); the auto backend "
-                "runs this function eagerly until it is hot enough for inductor",
+                f"lazyjit: {self.first.name} failed ({type(e).__name__}: {e}); the auto "
+                "backend runs this function eagerly until it is warm",
                 LazyJitWarning,
                 stacklevel=_caller_stacklevel(),
             )
             base, tier = Program(fn), "eager"
-        t0 = time.perf_counter() - start
-        rule = {
-            "hot_floor": self.hot_seconds,
-            "hot_factor": self.hot_compile_factor,
-            "warm_floor": self.warm_seconds,
-            "warm_factor": self.warm_compile_factor,
-            "t0": t0,
-        }
+        policy = self.policy
+        plain_policy = policy
         # The grad mode is in the cache key: the inputs tell how every call will be made.
         if _needs_autograd(inputs):
-            plain = Lane(
-                "call",
-                tier,
-                math.inf,
-                hot_floor=self.blocking_hot_seconds,
-                hot_factor=self.hot_compile_factor,
-                t0=t0,
-            )
-        else:
-            plain = Lane("call", tier, self.hot_calls, **rule)
-        grad = Lane("value_and_grad", tier, self.hot_calls, **rule)
-        return TieredProgram(fn, base, {"call": plain, "value_and_grad": grad})
+            # A differentiable plain call compiles on the calling thread: no warm tier,
+            # and the compiled code is used as soon as it is there.
+            plain_policy = dataclasses.replace(policy, warm_calls=math.inf)
+        lanes = {
+            "call": Lane("call", tier, plain_policy),
+            "value_and_grad": Lane("value_and_grad", tier, policy),
+        }
+        return TieredProgram(fn, base, lanes)
 
 
 BACKENDS: dict[str, Backend] = {

@@ -213,7 +213,8 @@ def _worker_main(conn: Connection, contender: Contender, warmup: int) -> None:
             if conn.recv()[0] != "setup":
                 return
             if contender.hot_calls is not None:
-                BACKENDS["auto"].hot_calls = contender.hot_calls
+                auto = BACKENDS["auto"]
+                auto.policy = replace(auto.policy, hot_calls=contender.hot_calls, switch_calls=0)
             step = contender.setup()
             start = time.perf_counter()
             step()

@@ -23,13 +23,17 @@ from torch.distributions import constraints, transform_to
 from .signature import rebuild
 
 
-def find_params(fn: Callable, args: tuple, kwargs: dict) -> tuple[str, ...]:
-    """Runs ``fn`` once with every effect hidden from outer handlers; returns the names
-    of the params it touched, in first-use order (which fixes the program's input order)."""
-    with poutine.block():
+def find_params(fn: Callable, args: tuple, kwargs: dict) -> tuple[tuple[str, ...], Any]:
+    """Runs ``fn`` eagerly, as a call of it would run; returns the names of the params it
+    touched, in first-use order (which fixes the program's input order), and its result.
+
+    Handlers around the call see its ``pyro.param`` statements, as they see those a
+    compiled call announces (:func:`announce_params`), and nothing else.
+    """
+    with poutine.block(hide_fn=lambda msg: msg["type"] != "param"):
         with poutine.trace(param_only=True) as tr:
-            fn(*args, **kwargs)
-    return tuple(tr.trace.nodes)
+            result = fn(*args, **kwargs)
+    return tuple(tr.trace.nodes), result
 
 
 class ParamInputs(Messenger):
@@ -48,16 +52,6 @@ class ParamInputs(Messenger):
         constrained.unconstrained = weakref.ref(value)
         msg["value"] = constrained
         msg["done"] = True
-
-
-def current_params(names: Sequence[str]) -> list[torch.Tensor]:
-    """The unconstrained tensors now in the param store, announced (see
-    :func:`announce_params`)."""
-    store = _PYRO_PARAM_STORE._params
-    params = [store[name] for name in names]
-    if _PYRO_STACK:
-        announce_params(names)
-    return params
 
 
 def announce_params(names: Sequence[str]) -> None:

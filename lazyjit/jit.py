@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import threading
@@ -9,7 +10,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,14 +18,21 @@ from pyro import validation_enabled
 from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from .backends import Backend, Program, get_backend
-from .capture import announce_params, current_params, find_params, pure_function
+from . import guards
+from .backends import PYRO_LOCK, Backend, Program, get_backend
+from .capture import announce_params, find_params, pure_function
 from .errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning
 from .signature import CallGuard, LRUCache, rebuild, signature
 
 logger = logging.getLogger("lazyjit")
 
 DEFAULT_CACHE_SIZE = 32
+# An entry whose value guards fail keeps up to this many programs, each specialized for
+# the values its trace saw (the two sides of a branch on a latent's sign, say).
+MAX_SPECIALIZATIONS = 4
+# An entry whose specializations all failed this many times runs eagerly from then on:
+# its compiled programs serve too few of its calls to pay for the checks and the rerun.
+MAX_GUARD_FAILURES = 32
 
 
 @dataclass
@@ -33,8 +41,10 @@ class CompileStats:
 
     ``misses`` counts calls that found no usable entry; ``recompiles`` the subset where
     an entry existed but the params it was built for had changed (a cleared or reloaded
-    param store); ``fallbacks`` the entries that run eagerly because compiling them
-    could not be trusted.
+    param store); ``fallbacks`` the entries (with ``"auto"``: the lanes of an entry) that
+    run eagerly because compiling them failed or could not be trusted; ``guarded`` the entries whose program checks the tensor values
+    it branched on (``lazyjit.guards``), and ``guard_failures`` the calls whose check
+    failed and that ran eagerly instead.
     """
 
     compilations: int = 0
@@ -43,6 +53,8 @@ class CompileStats:
     recompiles: int = 0
     evictions: int = 0
     fallbacks: int = 0
+    guarded: int = 0
+    guard_failures: int = 0
     compile_seconds: float = 0.0
 
 
@@ -88,6 +100,16 @@ class _Entry:
     wrt: tuple[int, ...]  # program inputs to differentiate: params, then grad_leaves
     flat: Callable[..., tuple[torch.Tensor, ...]]
     checks_left: int
+    # How many of the program's outputs are the function's; a guarded trace adds one,
+    # whether its checks hold (see lazyjit.guards).
+    num_outputs: int
+    guard_failures: int = 0
+    # Every program of the entry: `program` first, then other specializations for other
+    # values of what the function branched on (see lazyjit.guards).
+    programs: list[Program] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.programs = [self.program]
 
     def current_params(self) -> list[torch.Tensor] | None:
         """The store's params if they are still the very tensors, constraints and
@@ -111,13 +133,73 @@ class _Entry:
 
 
 def _unflattener(spec: TreeSpec) -> Callable[[Sequence[torch.Tensor]], Any]:
+    """What the function returned, from a program's outputs (the function's first, then
+    a guarded program's check)."""
     # A tensor or a flat tuple of tensors (the common cases) must not pay for pytree's
     # Python code at every call.
     if spec.is_leaf():
         return operator.itemgetter(0)
+    num_outputs = spec.num_leaves
     if spec.type is tuple and all(child.is_leaf() for child in spec.children()):
-        return tuple
-    return lambda outputs: tree_unflatten(list(outputs), spec)
+        return operator.itemgetter(slice(0, num_outputs))
+    return lambda outputs: tree_unflatten(list(outputs[:num_outputs]), spec)
+
+
+class _Flat:
+    """The function a backend compiles: params and tensor leaves in, the function's
+    outputs out as a flat tuple of tensors.
+
+    Unless ``guard`` is false, value reads met while a backend traces it are guarded
+    (:mod:`lazyjit.guards`): such a trace returns one more output, whether its checks
+    hold, and :attr:`guarded` is set from then on.
+
+    :ivar spec: the outputs' structure, from the first run; every later run must match it.
+    """
+
+    def __init__(self, pure: Callable, name: str, guard: bool, stats: CompileStats):
+        self.pure = pure
+        self.name = name
+        self.guard = guard
+        self.stats = stats
+        self.spec: TreeSpec | None = None
+        self.guarded = False
+
+    def fell_back(self) -> None:
+        """Counts a part of the function that a backend runs eagerly after all."""
+        self.stats.fallbacks += 1
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with guards.collecting(self.guard) as checks:
+            outputs = self._outputs(inputs)
+        if not checks:
+            return outputs
+        if not self.guarded:
+            self.guarded = True
+            self.stats.guarded += 1
+            logger.info("lazyjit: %s is compiled with %d value guards", self.name, len(checks))
+        return (*outputs, guards.all_hold(checks))
+
+    def _outputs(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return self.flatten(self.pure(*inputs))
+
+    def flatten(self, result: Any) -> tuple[torch.Tensor, ...]:
+        """The function's ``result`` as a flat tuple of tensors, checked."""
+        outputs, spec = tree_flatten(result)
+        if not all(isinstance(o, torch.Tensor) for o in outputs):
+            kinds = sorted({type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)})
+            raise LazyJitError(
+                f"{self.name} returned {', '.join(kinds)}; a compiled function must return "
+                "tensors, or tuples, lists or dicts of tensors"
+            )
+        if self.spec is None:
+            self.spec = spec
+        elif spec != self.spec:
+            raise LazyJitError(
+                f"{self.name} returned {spec}, where an earlier call with the same signature "
+                f"returned {self.spec}; a compiled function's output structure must follow "
+                "from its signature"
+            )
+        return tuple(outputs)
 
 
 class CompiledFunction:
@@ -182,9 +264,15 @@ class CompiledFunction:
         return {key: entry.program for key, entry in self._cache.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        entry, params, leaves = self._entry(args, kwargs)
-        run = entry.program if not entry.checks_left else self._checked(entry, "__call__")
-        return entry.unflatten(run(*params, *leaves))
+        entry, params, leaves, first = self._entry(args, kwargs, grad=False)
+        if entry is None:
+            return first
+        if entry.checks_left or entry.flat.guarded:
+            inputs = [*params, *leaves]
+            outputs, _ = self._run_checked(entry, lambda program: (program(*inputs), None), inputs)
+        else:
+            outputs = entry.program(*params, *leaves)
+        return entry.unflatten(outputs)
 
     def value_and_grad(self, *args: Any, **kwargs: Any) -> tuple[Any, Gradients]:
         """Calls the function and differentiates its output (or its first output, if it
@@ -194,14 +282,16 @@ class CompiledFunction:
         a graph-capture backend returns gradients computed inside its graph. Nothing is
         accumulated into ``.grad``; the caller decides what to do with the gradients.
         """
-        entry, params, leaves = self._entry(args, kwargs)
-        program = entry.program
-        run = (
-            program.value_and_grad
-            if not entry.checks_left
-            else self._checked(entry, "value_and_grad")
-        )
-        outputs, grads = run([*params, *leaves], entry.wrt)
+        entry, params, leaves, first = self._entry(args, kwargs, grad=True)
+        if entry is None:
+            return first
+        inputs = [*params, *leaves]
+        if entry.checks_left or entry.flat.guarded:
+            outputs, grads = self._run_checked(
+                entry, lambda program: program.value_and_grad(inputs, entry.wrt), inputs
+            )
+        else:
+            outputs, grads = entry.program.value_and_grad(inputs, entry.wrt)
         num_params = len(params)
         if len(entry.grad_leaves) == len(leaves):  # every leaf (a potential's inputs), or none
             leaf_grads: list[torch.Tensor | None] = grads[num_params:]
@@ -212,23 +302,42 @@ class CompiledFunction:
         gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, entry.key)
         return entry.unflatten(outputs), gradients
 
-    def _checked(self, entry: _Entry, name: str) -> Callable:
-        """``entry.program``'s method ``name``, made to also run the eager program from
-        the same RNG state and compare (while the entry has ``verify`` checks left)."""
-        method = getattr(entry.program, name)
+    def _run_checked(
+        self, entry: _Entry, run: Callable[[Program], tuple[Sequence[torch.Tensor], Any]], inputs
+    ) -> tuple[Sequence[torch.Tensor], Any]:
+        """``run(entry.program)`` for an entry whose program is guarded or verified.
 
-        def checked(*args: Any) -> Any:
-            before = torch.get_rng_state()
-            result = method(*args)
-            after = torch.get_rng_state()
-            torch.set_rng_state(before)
-            expected = getattr(Program(entry.flat), name)(*args)
-            torch.set_rng_state(after)
+        Where a guard fails, the call runs again from the random state it started with:
+        on the entry's other specializations (the latest to hold is tried first), else
+        on a new one compiled for this call (up to :data:`MAX_SPECIALIZATIONS`), else
+        eagerly. While the entry has ``verify`` checks left, the eager program also runs
+        from that state and must agree.
+        """
+        restore = guards.rng_snapshot(inputs)
+        num = entry.num_outputs
+        for i, program in enumerate(entry.programs):
+            if i:
+                restore()
+            outputs, rest = run(program)
+            if len(outputs) == num or outputs[num]:
+                if i:
+                    entry.programs.insert(0, entry.programs.pop(i))
+                    entry.program = program
+                break
+        else:
+            restore()
+            program = self._specialize(entry, inputs)
+            outputs, rest = run(program)
+        if entry.checks_left:
             entry.checks_left -= 1
+            after = guards.rng_snapshot(inputs)
+            restore()
+            expected = run(Program(entry.flat))
+            after()
             try:
                 torch.testing.assert_close(
-                    tree_flatten(result)[0],
-                    tree_flatten(expected)[0],
+                    tree_flatten((list(outputs[:num]), rest))[0],
+                    tree_flatten((list(expected[0]), expected[1]))[0],
                     rtol=1e-4,
                     atol=1e-5,
                     equal_nan=True,
@@ -239,34 +348,69 @@ class CompiledFunction:
                     "Pyro on the same inputs and seed. Its structure may depend on global "
                     f"state or on tensor values; run it with backend='eager'.\n{e}"
                 ) from None
-            return result
+        return outputs, rest
 
-        return checked
+    def _specialize(self, entry: _Entry, inputs: list[torch.Tensor]) -> Program:
+        """What runs a call whose values no specialization of the entry was traced for:
+        a new specialization, traced on copies of this call's tensors (moving no random
+        stream), or the eager program once the entry has its fill."""
+        if len(entry.programs) < MAX_SPECIALIZATIONS:
+            num_params = len(entry.param_names)
+            restore = guards.rng_snapshot(inputs)
+            try:
+                program = self._compile_program(
+                    entry.flat, [*inputs[:num_params], *_copies(inputs[num_params:])]
+                )
+            finally:
+                restore()
+            self.stats.compilations += 1
+            logger.info("lazyjit: %s is specialized for other values", self._name)
+            if type(program) is not Program:
+                entry.programs.insert(0, program)
+                entry.program = program
+            return program
+        self.stats.guard_failures += 1
+        entry.guard_failures += 1
+        if entry.guard_failures == MAX_GUARD_FAILURES:
+            entry.program = Program(entry.flat)
+            entry.programs = [entry.program]
+            self.stats.fallbacks += 1
+            self._warn_once(
+                "guards",
+                f"{self._name} runs eagerly from now on: the tensor values its compiled "
+                f"programs branched on changed in {MAX_GUARD_FAILURES} calls",
+                StructureWarning,
+            )
+        return Program(entry.flat)
 
     def clear(self) -> None:
         """Drops every compiled entry."""
         self._cache.clear()
 
-    def _entry(self, args: tuple, kwargs: dict) -> tuple[_Entry, list[torch.Tensor], list]:
-        """(the entry of this call's signature, its params, its tensor leaves): the
-        last call's entry where its guard passes, else looked up or compiled."""
+    def _entry(
+        self, args: tuple, kwargs: dict, grad: bool
+    ) -> tuple[_Entry | None, list, list, Any]:
+        """(the entry of this call's signature, its params, its tensor leaves, None): the
+        last call's entry where its guard passes, else the one looked up; where there
+        was none, ``(None, [], [], result)``: the call ran eagerly and compiled the entry
+        (``grad``: its result is ``value_and_grad``'s)."""
         guard = self._last_call
         if guard is not None:
             leaves = guard.leaves(args) if not kwargs else None
             hit = self._hit(guard.key) if leaves is not None else None
             if hit is not None:
-                return (*hit, leaves)
+                return (*hit, leaves, None)
         key, leaves, idents = signature(args, kwargs)
-        entry, params = self._hit(key) or self._lookup(key, leaves, idents)
         if guard is None or guard.key != key:
             self._last_call = CallGuard.of(args, kwargs, key)
-        return entry, params, leaves
-
-    def _lookup(self, key, leaves, idents) -> tuple[_Entry, list[torch.Tensor]]:
-        """After a miss of :meth:`_hit`: the entry, compiled if need be."""
-        with self._lock:
-            # Another thread may have compiled this signature while we waited.
-            return self._hit(key) or self._compile(key, leaves, idents)
+        hit = self._hit(key)
+        if hit is None:
+            with self._lock, PYRO_LOCK:
+                # Another thread may have compiled this signature while we waited.
+                hit = self._hit(key)
+                if hit is None:
+                    return None, [], [], self._compile(key, leaves, idents, args, kwargs, grad)
+        return (*hit, leaves, None)
 
     def _hit(self, key) -> tuple[_Entry, list[torch.Tensor]] | None:
         entry = self._cache.get(key)
@@ -283,38 +427,44 @@ class CompiledFunction:
         self.stats.hits += 1
         return entry, params
 
-    def _compile(self, key, leaves, idents) -> tuple[_Entry, list[torch.Tensor]]:
+    def _compile(self, key, leaves, idents, args: tuple, kwargs: dict, grad: bool) -> Any:
+        """Runs the first call of a signature eagerly, finding the params it uses, and
+        compiles its entry; returns that call's result (``grad``: ``value_and_grad``'s).
+
+        The first call is the one eager run, with the random draws eager Pyro would make
+        (a guide's lazy set-up included): compiling then runs the function on copies of
+        the tensor arguments (a function that mutates its inputs mutates them once per
+        call, and a cache keyed by tensor identity inside it cannot carry the first
+        call's values into the trace), and moves no random stream.
+        """
         self.stats.misses += 1
         if key in self._cache:
             self.stats.recompiles += 1
             logger.info("lazyjit: params of %s changed since compiling; recompiling", self._name)
         start = time.perf_counter()
-        # Compiling runs the function more than once: give those runs copies of the
-        # tensor arguments, so a function that mutates its inputs mutates them once per call.
-        probes = [t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
-        args, kwargs = rebuild(key, probes)
-        param_names = find_params(self.fn, args, kwargs)
-        params = current_params(param_names)
-        pure = pure_function(self.fn, key, param_names)
-        spec_box: list[TreeSpec] = []
-
-        def flat(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            outputs, spec = tree_flatten(pure(*inputs))
-            if not all(isinstance(o, torch.Tensor) for o in outputs):
-                kinds = sorted(
-                    {type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)}
-                )
-                raise LazyJitError(
-                    f"{self._name} returned {', '.join(kinds)}; a compiled function must return "
-                    "tensors, or tuples, lists or dicts of tensors"
-                )
-            spec_box[:] = [spec]
-            return tuple(outputs)
-
-        inputs = [*params, *probes]
-        program = self._compile_program(flat, inputs)
-        if not spec_box:  # the eager fallback has not run the function yet
-            flat(*inputs)
+        grad_leaves = tuple(i for i, t in enumerate(leaves) if t.requires_grad)
+        with torch.enable_grad() if grad else contextlib.nullcontext():
+            param_names, result = find_params(self.fn, args, kwargs)
+        params = [_PYRO_PARAM_STORE._params[name] for name in param_names]
+        flat = _Flat(
+            pure_function(self.fn, key, param_names), self._name, not self.strict, self.stats
+        )
+        outputs = flat.flatten(result)
+        if grad:
+            targets = [*params, *(leaves[i] for i in grad_leaves)]
+            value = outputs[0]
+            if targets and value.requires_grad:
+                grads = torch.autograd.grad(value, targets, allow_unused=True)
+            else:
+                grads = [None] * len(targets)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+            outputs = [o.detach() for o in outputs]
+        inputs = [*params, *_copies(leaves)]
+        restore = guards.rng_snapshot(leaves)
+        try:
+            program = self._compile_program(flat, inputs)
+        finally:
+            restore()
         seconds = time.perf_counter() - start
         self.compile_time = seconds
         self.stats.compilations += 1
@@ -327,7 +477,6 @@ class CompiledFunction:
             len(params),
             len(leaves),
         )
-        grad_leaves = tuple(i for i, t in enumerate(leaves) if t.requires_grad)
         entry = _Entry(
             program=program,
             key=key,
@@ -336,17 +485,24 @@ class CompiledFunction:
                 (name, weakref.ref(p), _PYRO_PARAM_STORE._constraints[name], (p.shape, p.stride()))
                 for name, p in zip(param_names, params)
             ),
-            unflatten=_unflattener(spec_box[0]),
+            unflatten=_unflattener(flat.spec),
             grad_leaves=grad_leaves,
             wrt=(*range(len(params)), *(len(params) + i for i in grad_leaves)),
             flat=flat,
             # Checking an eager program (the backend or a fallback) against eager is moot.
             checks_left=0 if type(program) is Program else self.verify,
+            num_outputs=flat.spec.num_leaves,
         )
         self.stats.evictions += len(self._cache.put(key, entry, idents))
-        return entry, params
+        if not grad:
+            return result
+        leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
+        for i, g in zip(grad_leaves, grads[len(params) :]):
+            leaf_grads[i] = g
+        gradients = Gradients(dict(zip(param_names, grads)), leaf_grads, key)
+        return entry.unflatten(outputs), gradients
 
-    def _compile_program(self, flat: Callable, inputs: list[torch.Tensor]) -> Program:
+    def _compile_program(self, flat: _Flat, inputs: list[torch.Tensor]) -> Program:
         # Validation checks call .item(), which would bake one outcome into the program.
         try:
             with validation_enabled(False), warnings.catch_warnings():
@@ -389,6 +545,10 @@ class CompiledFunction:
     @property
     def _name(self) -> str:
         return getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
+
+
+def _copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
 
 
 def trace(

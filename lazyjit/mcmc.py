@@ -14,7 +14,6 @@ See ``docs/mcmc.md``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import _EXCEPTION_HANDLERS, velocity_verlet
 from torch.distributions import Transform
 
-from .backends import AutoBackend, Backend, get_backend, inductor_started
+from .backends import AutoBackend, Backend, get_backend
 from .jit import CompiledFunction
 
 # A potential energy function: {site name: unconstrained value} -> scalar energy.
@@ -446,27 +445,10 @@ class CompiledLeaf:
         )
 
 
-# Once inductor has started in the process, a leaf is hot after this many seconds in it:
-# its compile then costs 0.01 to 0.5 s, and a NUTS run of the seed models spends about a
-# third of its time in leaves, so 0.3 s is about 1 s of sampling.
-LEAF_HOT_SECONDS = 0.3
-# A leaf is warm after this many seconds in it (if auto's own floor is not lower): what
-# its move costs, a capture and a trace (0.03 s for the seed models' leaves), while an
-# eager leaf runs about 7 times as long as a traced one (760 against 110 us).
-LEAF_WARM_SECONDS = 0.03
-
-
 def _leaf_auto(auto: AutoBackend) -> AutoBackend:
     # TorchScript's tracer cannot record the gradient inside a leaf, so tier 0 is eager
-    # (the leaf's ops one by one, as Pyro runs them), and it pays to leave it soon. The
-    # tiers above are auto's own; the hot threshold is lower once inductor's start-up is
-    # paid.
-    leaf = copy.copy(auto)
-    leaf.first = Backend()
-    leaf.warm_seconds = min(auto.warm_seconds, LEAF_WARM_SECONDS)
-    if inductor_started():
-        leaf.hot_seconds = min(auto.hot_seconds, LEAF_HOT_SECONDS)
-    return leaf
+    # (the leaf's ops one by one, as Pyro runs them); the tiers above are auto's own.
+    return AutoBackend(auto.policy, first=Backend())
 
 
 def _leaf_structure(kernel: NUTS) -> tuple[tuple, tuple, tuple]:

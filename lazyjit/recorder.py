@@ -19,6 +19,8 @@ from torch.fx import Graph, GraphModule, Node
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from . import guards
+
 aten = torch.ops.aten
 
 # The message make_fx raises with, which lazyjit's capture turns into a StructureError.
@@ -32,6 +34,13 @@ _METADATA = frozenset({aten.size.default, aten.stride.default, aten.storage_offs
 SHAPE_DTYPE = "lazyjit_shape_dtype"
 
 
+def _static_index(func: Any, args: tuple) -> bool:
+    """Whether an ``index`` op takes integer indices only (its shape follows from theirs)."""
+    return func is aten.index.Tensor and all(
+        i is None or not (i.dtype is torch.bool or i.dtype is torch.uint8) for i in args[1]
+    )
+
+
 def record(
     fn: Callable[..., Sequence[torch.Tensor]],
     inputs: Sequence[torch.Tensor],
@@ -40,9 +49,10 @@ def record(
     """The graph of the aten ops that ``fn(*inputs)`` runs, returning its outputs.
 
     An input is identified by the tensor object itself; any other tensor the function
-    reads (a closure's data) becomes a constant of the graph module. Raises
-    ``RuntimeError`` (with :data:`DATA_DEPENDENT` in its message) where ``fn`` reads the
-    value of a tensor that depends on an input: the graph could not replay that branch.
+    reads (a closure's data) becomes a constant of the graph module. Where ``fn`` reads the
+    value of a tensor that depends on an input, the read is guarded if
+    :func:`lazyjit.guards.collecting` is on, else refused: ``RuntimeError`` (with
+    :data:`DATA_DEPENDENT` in its message), as the graph could not replay that branch.
 
     ``detach_no_grad``: the output of each op that ran with grad mode off on tensors that
     require grad (a ``torch.no_grad()`` block, a distribution's ``sample``) is detached in
@@ -54,7 +64,7 @@ def record(
     # An input passed twice maps to its first placeholder, as its tensor is one object.
     for tensor, node in reversed(list(zip(inputs, placeholders))):
         recorder.track(tensor, node, constant=False)
-    with recorder:
+    with guards.watching(recorder.depends), recorder:
         outputs = tuple(fn(*inputs))
     recorder.graph.output(tuple(recorder.arg(o) for o in outputs))
     return GraphModule(recorder.root, recorder.graph)
@@ -95,6 +105,11 @@ class _Recorder(TorchDispatchMode):
         else:
             self._constants.discard(id(tensor))
 
+    def depends(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor``'s value depends on an input (untracked tensors are closure
+        data: constants)."""
+        return id(tensor) in self._nodes and id(tensor) not in self._constants
+
     def arg(self, value: Any) -> Any:
         """``value`` as an FX argument: a tensor as its node (a new constant if unseen)."""
         if not isinstance(value, torch.Tensor):
@@ -125,7 +140,11 @@ class _Recorder(TorchDispatchMode):
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         # An op of no tensor at all (torch.zeros(3)) makes a constant too, unless it draws.
         constant = all(id(t) not in self._nodes or id(t) in self._constants for t in tensors)
-        if (func in _READS_VALUE or torch.Tag.data_dependent_output in func.tags) and not constant:
+        if (
+            (func in _READS_VALUE or torch.Tag.data_dependent_output in func.tags)
+            and not constant
+            and not guards.reading()
+        ):
             raise RuntimeError(
                 f"It appears that you're trying to get value out of a tracing tensor with {func}"
             )
@@ -140,12 +159,33 @@ class _Recorder(TorchDispatchMode):
         )
         if isinstance(out, torch.Tensor):
             self._output(out, node, constant, detach)
+            if (
+                not constant
+                and torch.Tag.dynamic_output_shape in func.tags
+                and not _static_index(func, args)
+            ):
+                self._check_shape(func, out, node)
         elif isinstance(out, (tuple, list)):
             for i, item in enumerate(out):
                 if isinstance(item, torch.Tensor):
                     item_node = self.graph.call_function(operator.getitem, (node, i))
                     self._output(item, item_node, constant, detach)
         return out
+
+    def _check_shape(self, func: Any, out: torch.Tensor, node: Node) -> None:
+        """Guards a shape that the data chose (a boolean mask's selection): the graph
+        replays the op, but Python code may have read the shape (``x[mask].shape[0] > 2``)
+        without any conversion of a tensor. The check counts the elements again."""
+        ones = torch.ones_like(out, dtype=torch.int64)
+        count = ones.sum()
+        check = count == out.numel()
+        nodes = [self.graph.call_function(aten.ones_like.default, (node,), {"dtype": torch.int64})]
+        nodes.append(self.graph.call_function(aten.sum.default, (nodes[0],)))
+        nodes.append(self.graph.call_function(aten.eq.Scalar, (nodes[1], out.numel())))
+        for tensor, item in zip((ones, count, check), nodes):
+            self.track(tensor, item, constant=False)
+        if guards.add_check(check) is False:
+            raise RuntimeError(f"{DATA_DEPENDENT}: {func} makes a shape that depends on data")
 
     def _output(self, tensor: torch.Tensor, node: Node, constant: bool, detach: bool) -> None:
         if detach:

@@ -21,9 +21,11 @@ from pyro.optim import PyroOptim
 from pyro.optim.clipped_adam import ClippedAdam
 
 from .backends import (
+    BACKENDS,
     Lane,
     Program,
     TieredProgram,
+    TierPolicy,
     _value_and_grad_of,
     capture,
 )
@@ -109,7 +111,7 @@ class SVI(pyro.infer.SVI):
             # Compiling runs the loss: it must not consume the random stream that the
             # next step draws from, as eager Pyro would.
             with torch.random.fork_rng():
-                self._entries._lookup(key, leaves, idents)
+                self._entries._entry((self.model, self.guide, *args), kwargs, grad=True)
             return loss
         entry, params = hit
         fused = self._steps.get(entry)
@@ -193,10 +195,12 @@ class _FusedStep:
         flat = _fused(entry, update, hyper)
         with torch.enable_grad():  # the gradients are taken inside the graph
             graph_module, _ = capture(flat, [*params, *leaves, *self.state])
-        # FX code at once; inductor compiles the graph in the background from the first call.
-        lane = Lane("call", "aten", hot_calls=1, hot_floor=math.inf)
+        # FX code at once; inductor compiles the graph in the background from the first
+        # call, and the step switches to it as auto's policy says.
+        switch_calls = BACKENDS["auto"].policy.switch_calls
+        lane = Lane("call", "aten", TierPolicy(math.inf, 1, switch_calls))
         lane.graph_module = graph_module
-        never = Lane("value_and_grad", "aten", hot_calls=math.inf, hot_floor=math.inf)
+        never = Lane("value_and_grad", "aten", TierPolicy(math.inf, math.inf, None))
         self.program = TieredProgram(
             flat, Program(graph_module.forward), {"call": lane, "value_and_grad": never}
         )
@@ -232,6 +236,9 @@ def _fused(
     def fused(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         state = inputs[-3 * num :]
         results = value_and_grad(*inputs[: -3 * num])
+        if len(results) != 2 + len(entry.wrt):
+            # A guard's check would have no call to fall back to: the step updates params.
+            raise LazyJitError("the loss branches on tensor values (its graph is guarded)")
         _, loss, *grads = results  # the ELBO's (surrogate, loss), then its gradients
         new = [
             update(p, g, step, m, v, h)

@@ -19,7 +19,7 @@ from test_trace import Regression  # params a module reads from itself
 from torch.distributions import constraints
 
 import lazyjit
-from lazyjit import LazyJitError, LazyJitWarning, StructureWarning, examples
+from lazyjit import LazyJitError, LazyJitWarning, examples
 from lazyjit.backends import GraphProgram
 from lazyjit.examples import gaussian_data, gaussian_model, scale_log_prob
 
@@ -118,9 +118,11 @@ def test_inductor_code_runs_without_aot_wrappers_only_where_they_do_nothing():
     x, y = torch.randn(5), torch.randn(5)
     for args in [(x, y), (y, y)]:  # an input passed twice runs directly too
         plain = lazyjit.trace(scale_log_prob, backend="inductor")
+        plain.value_and_grad(*args)  # the first call runs eagerly
         assert_matches_eager(plain, scale_log_prob, *args)
         assert runner_name(plain) == "_direct_runner.<locals>.direct"
     compiled = lazyjit.trace(fn, backend="inductor")
+    compiled.value_and_grad(x, y)
     (value, out_y), grads = compiled.value_and_grad(x, y)
     expected, expected_grads = eager_value_and_grads(lambda *a: fn(*a)[0], ["scale"], x, y)
     assert_close(value, expected)
@@ -132,7 +134,8 @@ def test_inductor_code_runs_without_aot_wrappers_only_where_they_do_nothing():
 def test_aten_graph_is_fx_code_with_gradients_inside():
     compiled = lazyjit.trace(scale_log_prob, backend="aten")
     x, y = torch.randn(10), torch.randn(10)
-    compiled.value_and_grad(x, y)
+    for _ in range(2):  # the first call runs eagerly
+        compiled.value_and_grad(x, y)
     program = program_of(compiled)
     assert "torch.ops.aten." in program.graph_module.code
     assert "lift_fresh_copy" not in program.graph_module.code  # dead code is gone
@@ -308,13 +311,13 @@ def branchy(x):
     return x - 1
 
 
-def test_data_dependent_branch_falls_back_to_eager():
-    compiled = lazyjit.trace(branchy, backend="aten")
+@pytest.mark.parametrize("backend", ["torchscript", "aten", "aten-jit"])
+def test_data_dependent_branch_is_guarded(backend):
+    compiled = lazyjit.trace(branchy, backend=backend)
     pos, neg = torch.ones(3), -3 * torch.ones(3)
-    with pytest.warns(StructureWarning, match=r"test_backends.py:\d+"):
-        assert_close(compiled(pos), pos * 2)
+    assert_close(compiled(pos), pos * 2)
     assert_close(compiled(neg), neg - 1)
-    assert compiled.stats.fallbacks == 1
+    assert (compiled.stats.fallbacks, compiled.stats.guarded) == (0, 1)
 
 
 def test_data_dependent_branch_strict_raises():
@@ -323,11 +326,15 @@ def test_data_dependent_branch_strict_raises():
         compiled(torch.ones(3))
 
 
-def test_item_falls_back_to_eager():
-    compiled = lazyjit.trace(lambda x: x * x.max().item(), backend="aten")
-    with pytest.warns(StructureWarning, match="reads the value of a tensor"):
-        assert_close(compiled(torch.arange(3.0)), torch.arange(3.0) * 2)
+@pytest.mark.parametrize("backend", ["torchscript", "aten", "aten-jit"])
+def test_item_is_guarded(backend):
+    compiled = lazyjit.trace(lambda x: x * x.max().item(), backend=backend)
+    assert_close(compiled(torch.arange(3.0)), torch.arange(3.0) * 2)
     assert_close(compiled(torch.arange(4.0)), torch.arange(4.0) * 3)
+    assert_close(compiled(torch.tensor([5.0, 0.0, 1.0])), torch.tensor([25.0, 0.0, 5.0]))
+    assert_close(compiled(torch.tensor([2.0, 0.0, 1.0])), torch.tensor([4.0, 0.0, 2.0]))
+    stats = compiled.stats
+    assert (stats.guarded, stats.fallbacks, stats.compilations) == (2, 0, 3)
 
 
 def test_static_shape_reads_compile():
@@ -389,6 +396,7 @@ def dirichlet_draw(x):
 def test_custom_autograd_function():
     compiled = lazyjit.trace(dirichlet_draw, backend="aten")
     x = torch.randn(3)
+    compiled(x)  # the first call runs eagerly
     with pytest.warns(LazyJitWarning, match="_Dirichlet"):
         compiled(x)  # differentiable: runs eagerly, with the Function's own backward
     for seed in range(2):

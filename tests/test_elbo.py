@@ -643,15 +643,16 @@ def branchy():
     return model, guide, (torch.tensor(0.7),), {}
 
 
-def test_data_dependent_branch_falls_back_to_eager():
+@pytest.mark.parametrize("backend", ["auto", "torchscript", "aten", "aten-jit"])
+def test_a_branch_on_a_sampled_value_is_guarded(backend):
+    """A guide draws on one side of a branch or the other: each call's guard sends the
+    other side to eager, and every step equals eager Pyro's from the same seed."""
     model, guide, args, _ = branchy()
-    eager, lazy = Trace_ELBO(), JitTrace_ELBO()
-    with pytest.warns(StructureWarning, match=r"JitTrace_ELBO runs eagerly.*test_elbo\.py:\d+"):
-        warm_up([eager, lazy], model, guide, args, {})
-    assert lazy.compiled_fn.stats.fallbacks == 1
+    eager, lazy = Trace_ELBO(), JitTrace_ELBO(backend=backend)
     branches = set()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", StructureWarning)  # warned once, not on every call
+        warnings.simplefilter("error", StructureWarning)
+        warm_up([eager, lazy], model, guide, args, {})
         for seed in range(6):
             pyro.set_rng_seed(seed)
             branches.add(poutine.trace(guide).get_trace(*args).nodes["loc"]["value"].item() > 0)
@@ -664,14 +665,16 @@ def test_data_dependent_branch_falls_back_to_eager():
             assert_loss_match(actual_loss, expected_loss)
             assert_grads_match(actual, expected)
     assert branches == {True, False}  # both sides of the branch were compared
-    assert lazy.compiled_fn.stats.compilations == 1
+    stats = lazy.compiled_fn.stats
+    assert (stats.compilations, stats.fallbacks, stats.guarded) == (2, 0, 1)  # one each side
 
 
 def test_data_dependent_branch_strict_raises():
     model, guide, args, _ = branchy()
     elbo = JitTrace_ELBO(strict=True)
     with pytest.raises(LazyJitError, match="structure depends on tensor values"):
-        elbo.loss_and_grads(model, guide, *args)
+        for _ in range(4):  # auto: at its first capture
+            elbo.loss_and_grads(model, guide, *args)
 
 
 def test_branch_on_a_data_dependent_shape_strict_raises():
@@ -689,7 +692,8 @@ def test_branch_on_a_data_dependent_shape_strict_raises():
 
     elbo = JitTrace_ELBO(strict=True)
     with pytest.raises(LazyJitError, match="structure depends on tensor values"):
-        elbo.loss_and_grads(model, guide, torch.linspace(-2.0, 2.0, 5))
+        for _ in range(4):  # auto: at its first capture
+            elbo.loss_and_grads(model, guide, torch.linspace(-2.0, 2.0, 5))
 
 
 @pytest.mark.parametrize(
@@ -697,7 +701,9 @@ def test_branch_on_a_data_dependent_shape_strict_raises():
 )
 def test_every_elbo_routes_strict(lazy_cls):
     model, guide, args, _ = branchy()
-    elbo = lazy_cls(strict=True, max_plate_nesting=0, strict_enumeration_warning=False)
+    elbo = lazy_cls(
+        strict=True, max_plate_nesting=0, strict_enumeration_warning=False, backend="aten"
+    )
     with pytest.raises(LazyJitError, match=lazy_cls.__name__):
         elbo.loss_and_grads(model, guide, *args)
 

@@ -20,7 +20,7 @@ import lazyjit
 import lazyjit.backends
 import lazyjit.svi
 from lazyjit import LazyJitError, LazyJitWarning
-from lazyjit.backends import wait_for_compiles
+from lazyjit.backends import TierPolicy, wait_for_compiles
 from lazyjit.examples import gaussian_data, gaussian_model
 
 
@@ -28,6 +28,13 @@ from lazyjit.examples import gaussian_data, gaussian_model
 def no_compile_left_behind():
     yield
     assert wait_for_compiles(timeout=300)
+
+
+@pytest.fixture(autouse=True)
+def quick_switch(monkeypatch):
+    """Fused steps take inductor's code 3 steps after they start compiling."""
+    policy = TierPolicy(switch_calls=3)
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "policy", policy)
 
 
 @pytest.fixture

@@ -520,22 +520,43 @@ def branchy(x):
     return x - 1
 
 
-def test_data_dependent_branch_falls_back_to_eager():
-    compiled = lazyjit.trace(branchy)
+def test_data_dependent_branch_is_guarded():
+    compiled = lazyjit.trace(branchy, backend="torchscript")
     pos, neg = torch.ones(3), -3 * torch.ones(3)
-    with pytest.warns(StructureWarning, match=r"test_trace.py:\d+"):
-        assert_close(compiled(pos), pos * 2)
-    assert_close(compiled(neg), neg - 1)  # not the baked branch
-    assert compiled.stats.fallbacks == 1
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        compiled(torch.ones(4))  # one warning per site, not per entry
+        warnings.simplefilter("error", StructureWarning)
+        assert_close(compiled(pos), pos * 2)
+        assert_close(compiled(neg), neg - 1)  # not the baked branch: its guard fails
+        assert_close(compiled(pos), pos * 2)
+        assert_close(compiled(neg), neg - 1)
+    stats = compiled.stats
+    assert (stats.fallbacks, stats.guard_failures) == (0, 0)
+    assert stats.compilations == 2  # a specialization for each side of the branch
+    ((_, entry),) = compiled._cache.items()
+    assert len(entry.programs) == 2
 
 
-def test_data_dependent_branch_strict_raises():
-    compiled = lazyjit.trace(branchy, strict=True)
+def test_an_entry_whose_guards_keep_failing_runs_eagerly(monkeypatch):
+    monkeypatch.setattr(lazyjit.jit, "MAX_GUARD_FAILURES", 3)
+    monkeypatch.setattr(lazyjit.jit, "MAX_SPECIALIZATIONS", 1)
+    compiled = lazyjit.trace(branchy, backend="aten")
+    pos, neg = torch.ones(3), -3 * torch.ones(3)
+    compiled(pos)
+    with pytest.warns(StructureWarning, match="changed in 3 calls"):
+        for _ in range(3):
+            assert_close(compiled(neg), neg - 1)
+    assert type(next(iter(compiled.compiled.values()))) is lazyjit.Program
+    assert_close(compiled(neg), neg - 1)
+    assert_close(compiled(pos), pos * 2)
+    assert compiled.stats.guard_failures == 3 and compiled.stats.fallbacks == 1
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "auto"])
+def test_data_dependent_branch_strict_raises(backend):
+    compiled = lazyjit.trace(lambda x: branchy(x).sum(), strict=True, backend=backend)
     with pytest.raises(LazyJitError, match="depends on tensor values"):
-        compiled(torch.ones(3))
+        for _ in range(4):  # auto: at its first capture
+            compiled.value_and_grad(torch.ones(3))
 
 
 def test_data_dependent_branch_under_pyro_jit_is_silently_wrong():
