@@ -1,4 +1,5 @@
-"""Command line: ``python -m lazyjit demo [--quick]`` and ``python -m lazyjit bench``."""
+"""Command line: ``python -m lazyjit demo [--quick]``, ``python -m lazyjit bench`` and
+``python -m lazyjit programs``."""
 
 import argparse
 
@@ -32,8 +33,29 @@ def main() -> None:
     bench_parser.add_argument(
         "--repeats", type=int, help="rounds per contender (default per workload)"
     )
+    programs_parser = commands.add_parser(
+        "programs",
+        help="whole runs of real Pyro programs: eager, Pyro's jit, lazyjit, one process each",
+        description="Times whole runs (compiles included) of a VAE, a deep Markov model, "
+        "HMMs, LDA, an SIR model, eight schools and MuE, each contender in a fresh process; "
+        "writes PROGRAMS.md (see docs/benchmarks.md).",
+    )
+    programs_parser.add_argument("--quick", action="store_true", help="a few seconds per run")
+    programs_parser.add_argument("--only", help="comma-separated programs (vae, dmm, hmm, ...)")
+    programs_parser.add_argument(
+        "--out",
+        help="directory for PROGRAMS.md and programs.json (default: benchmarks/ for a full "
+        "run, a new temporary directory with --quick or --only)",
+    )
     args = parser.parse_args()
-    if args.command == "demo":
+    if args.command == "programs":
+        from . import programs
+
+        try:
+            programs.main(quick=args.quick, only=args.only, out=args.out)
+        except ValueError as e:  # an unknown program in --only
+            parser.error(str(e))
+    elif args.command == "demo":
         from . import demo
 
         demo.main(quick=args.quick)

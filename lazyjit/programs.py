@@ -1,0 +1,872 @@
+"""Real programs, run whole: ``python -m lazyjit programs``.
+
+Each workload is a complete training (or sampling) run of realistic length, written for
+this benchmark after one of the classic Pyro programs, on synthetic data of realistic
+shape generated from a fixed seed (nothing is downloaded). A run builds its data, model
+and guide, runs every step and returns a summary number (the mean loss over the last
+tenth of the steps, or a posterior mean) so that the contenders can be checked for
+sanity against each other.
+
+Contenders, each in a fresh ``python -c`` process with one torch thread, taking turns
+(eager, Pyro's jit, lazyjit; then the next program):
+
+- ``eager``: the script with its jit switch off (``Trace_ELBO``, ``jit_compile=False``);
+- ``pyro-jit``: the script with its jit switch on (``JitTrace_ELBO``,
+  ``jit_compile=True``, ``jit=True``), Pyro's own jit;
+- ``lazyjit``: the same script as ``pyro-jit`` after ``lazyjit.install()`` (lazyjit's
+  default backend, ``auto``). The child also sums ``stats`` of every
+  :class:`lazyjit.CompiledFunction` made during the run: entries compiled and entries
+  that run eagerly (fallbacks).
+
+Times: ``total_s`` runs inside the child from a ``time.perf_counter()`` at the top of
+its command (before torch is imported) to the end of the last step; ``import_s`` is the
+imports' share of it; ``wall_s`` is the parent's wall time of the whole subprocess
+(interpreter start and exit included). See ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONTENDERS = ("eager", "pyro-jit", "lazyjit")
+_RESULT_TAG = "LAZYJIT_PROGRAM_RESULT "
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tail_mean(losses: list[float]) -> float:
+    """The mean of the last tenth of ``losses`` (at least one): the run's final loss,
+    less noisy than its last step."""
+    n = max(1, len(losses) // 10)
+    return float(sum(losses[-n:]) / n)
+
+
+def _elbo(name: str, jit: bool, **kwargs: Any) -> Any:
+    """``pyro.infer.<Jit><name>`` looked up at call time, so ``lazyjit.install()``
+    applies to it."""
+    import pyro.infer
+
+    return getattr(pyro.infer, ("Jit" if jit else "") + name)(**kwargs)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@functools.lru_cache(maxsize=2)
+def chorales(seed: int = 0, num_sequences: int = 229, max_length: int = 100, notes: int = 88):
+    """Synthetic piano rolls shaped like the JSB chorales: ``(sequences, lengths)``,
+    ``sequences`` of shape ``(229, 100, 88)`` (binary, zero past each length) and
+    ``lengths`` in ``[max_length // 4, max_length]``.
+
+    Four voices move by small steps over a keyboard of ``notes`` keys, holding a note
+    for a random number of steps, so that notes persist and chords repeat as in
+    chorales. Cached: callers must not modify the tensors.
+    """
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max_length // 4, max_length + 1, (num_sequences,), generator=g)
+    lengths[0] = max_length
+    sequences = torch.zeros(num_sequences, max_length, notes)
+    centres = torch.tensor([20.0, 32.0, 40.0, 48.0])
+    for i in range(num_sequences):
+        voices = centres + torch.randint(-4, 5, (4,), generator=g)
+        for t in range(int(lengths[i])):
+            move = torch.rand(4, generator=g) < 0.35
+            step = torch.randint(-3, 4, (4,), generator=g)
+            voices = torch.where(move, (voices + step).clamp(0, notes - 1), voices)
+            sequences[i, t, voices.long()] = 1.0
+    return sequences, lengths
+
+
+def _images(seed: int, n: int) -> torch.Tensor:
+    """``n`` binarized 28 x 28 images (flattened to 784), MNIST-like: each a random
+    blend of two of ten smooth prototypes, then Bernoulli-sampled."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(10, 1, 28, 28, generator=g)
+    kernel = torch.ones(1, 1, 7, 7) / 49.0
+    smooth = torch.nn.functional.conv2d(noise, kernel, padding=3)
+    prototypes = torch.sigmoid(12.0 * smooth).reshape(10, 784)
+    first = torch.randint(0, 10, (n,), generator=g)
+    second = torch.randint(0, 10, (n,), generator=g)
+    w = torch.rand(n, 1, generator=g)
+    probs = w * prototypes[first] + (1 - w) * prototypes[second]
+    return torch.bernoulli(probs, generator=g)
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def vae(steps: int, jit: bool = True, seed: int = 0) -> dict[str, float]:
+    """A variational autoencoder, after Pyro's VAE tutorial and ``examples/vae``.
+
+    MLP encoder and decoder (784 - 400 - z 50), registered with ``pyro.module``;
+    ``Trace_ELBO``/``JitTrace_ELBO``; Adam. Data: 10,240 binarized 784-pixel images
+    (:func:`_images`), minibatches of 256 (40 per epoch, in a seeded shuffled order).
+    One step is one minibatch.
+    """
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    data = _images(seed, 10_240)
+    z_dim, hidden = 50, 400
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Linear(784, hidden)
+            self.loc = nn.Linear(hidden, z_dim)
+            self.scale = nn.Linear(hidden, z_dim)
+
+        def forward(self, x):
+            h = nn.functional.softplus(self.hidden(x))
+            return self.loc(h), torch.exp(self.scale(h))
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Linear(z_dim, hidden)
+            self.out = nn.Linear(hidden, 784)
+
+        def forward(self, z):
+            return torch.sigmoid(self.out(nn.functional.softplus(self.hidden(z))))
+
+    encoder, decoder = Encoder(), Decoder()
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([z_dim]).to_event(1))
+            probs = decoder(z)
+            pyro.sample("x", dist.Bernoulli(probs, validate_args=False).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), _elbo("Trace_ELBO", jit))
+    order = torch.Generator().manual_seed(seed + 1)
+    losses: list[float] = []
+    batches: list[torch.Tensor] = []
+    for _ in range(steps):
+        if not batches:
+            batches = list(data[torch.randperm(len(data), generator=order)].split(256))
+        x = batches.pop()
+        losses.append(svi.step(x) / len(x))
+    return {"loss": _tail_mean(losses)}
+
+
+# --------------------------------------------------------------------------- DMM
+
+
+def _dmm_parts(z_dim: int = 32, emission: int = 64, transition: int = 128, rnn: int = 256):
+    """The deep Markov model's networks: emitter, gated transition, combiner, GRU."""
+    from torch import nn
+
+    relu, softplus = nn.functional.relu, nn.functional.softplus
+
+    class Emitter(nn.Module):  # p(x_t | z_t): 88 Bernoulli probabilities
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (
+                nn.Linear(z_dim, emission),
+                nn.Linear(emission, emission),
+                nn.Linear(emission, 88),
+            )
+
+        def forward(self, z):
+            return torch.sigmoid(self.c(relu(self.b(relu(self.a(z))))))
+
+    class Transition(nn.Module):  # p(z_t | z_{t-1}): a gated, partly linear step
+        def __init__(self):
+            super().__init__()
+            self.gate_h, self.gate = nn.Linear(z_dim, transition), nn.Linear(transition, z_dim)
+            self.prop_h, self.prop = nn.Linear(z_dim, transition), nn.Linear(transition, z_dim)
+            self.linear, self.scale = nn.Linear(z_dim, z_dim), nn.Linear(z_dim, z_dim)
+            nn.init.eye_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+
+        def forward(self, z):
+            gate = torch.sigmoid(self.gate(relu(self.gate_h(z))))
+            proposed = self.prop(relu(self.prop_h(z)))
+            loc = (1 - gate) * self.linear(z) + gate * proposed
+            return loc, softplus(self.scale(relu(proposed)))
+
+    class Combiner(nn.Module):  # q(z_t | z_{t-1}, h_t): the guide's step
+        def __init__(self):
+            super().__init__()
+            self.z_h = nn.Linear(z_dim, rnn)
+            self.loc, self.scale = nn.Linear(rnn, z_dim), nn.Linear(rnn, z_dim)
+
+        def forward(self, z, h):
+            both = 0.5 * (torch.tanh(self.z_h(z)) + h)
+            return self.loc(both), softplus(self.scale(both))
+
+    class DMM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emitter, self.transition, self.combiner = Emitter(), Transition(), Combiner()
+            self.gru = nn.GRU(88, rnn, batch_first=True)
+            self.z_0 = nn.Parameter(torch.zeros(z_dim))
+            self.z_q_0 = nn.Parameter(torch.zeros(z_dim))
+            self.h_0 = nn.Parameter(torch.zeros(1, 1, rnn))
+
+    return DMM(), z_dim
+
+
+def _reverse(sequences: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each sequence reversed within its own length (padding stays at the end)."""
+    t = torch.arange(sequences.size(1))
+    index = (lengths.unsqueeze(1) - 1 - t).clamp(min=0)
+    index = torch.where(t < lengths.unsqueeze(1), index, t)
+    return sequences.gather(1, index.unsqueeze(-1).expand_as(sequences))
+
+
+def dmm(
+    steps: int,
+    jit: bool = True,
+    seed: int = 0,
+    float_annealing: bool = False,
+    sequences: int = 229,
+) -> dict[str, float]:
+    """A deep Markov model, after Pyro's ``examples/dmm.py`` (Krishnan et al.).
+
+    Gated transition and MLP emitter in the model; in the guide a GRU over each
+    sequence reversed within its length, and a combiner. ``Trace_ELBO`` /
+    ``JitTrace_ELBO``, ``ClippedAdam`` (lr 3e-4, clipping at 10, weight decay 2.0).
+    Data: :func:`chorales`, 229 sequences of 88 notes padded to 100 steps with masks;
+    minibatches of 20 in a seeded shuffled order (the last partial one dropped, so the
+    padded shape never changes). The KL annealing factor grows from 0.2 to 1 over the
+    run and changes at every step: passed as a 0-dim tensor (what Pyro's jit accepts),
+    or, with ``float_annealing``, as a Python float keyword argument (what a script
+    would write first: each new value is a new signature, for Pyro's jit and lazyjit
+    alike). Returns the final loss and whether any step's loss was NaN.
+    """
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    data, lengths = chorales(seed)
+    data, lengths = data[:sequences], lengths[:sequences]
+    reversed_data = _reverse(data, lengths)
+    mask = (torch.arange(data.size(1)) < lengths.unsqueeze(1)).float()
+    net, z_dim = _dmm_parts()
+
+    def model(x, x_reversed, mask, annealing):
+        pyro.module("dmm", net)
+        batch, t_max = x.size(0), x.size(1)
+        z = net.z_0.expand(batch, z_dim)
+        with pyro.plate("sequences", batch):
+            for t in pyro.markov(range(t_max)):
+                loc, scale = net.transition(z)
+                m = mask[:, t : t + 1]
+                with poutine.scale(scale=annealing):
+                    z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).mask(m).to_event(1))
+                probs = net.emitter(z)
+                pyro.sample(f"x_{t}", dist.Bernoulli(probs).mask(m).to_event(1), obs=x[:, t, :])
+
+    def guide(x, x_reversed, mask, annealing):
+        pyro.module("dmm", net)
+        batch, t_max = x.size(0), x.size(1)
+        h_0 = net.h_0.expand(1, batch, net.gru.hidden_size).contiguous()
+        hidden, _ = net.gru(x_reversed, h_0)
+        hidden = _reverse(hidden, lengths_box[0])
+        z = net.z_q_0.expand(batch, z_dim)
+        with pyro.plate("sequences", batch):
+            for t in pyro.markov(range(t_max)):
+                loc, scale = net.combiner(z, hidden[:, t, :])
+                m = mask[:, t : t + 1]
+                with poutine.scale(scale=annealing):
+                    z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).mask(m).to_event(1))
+
+    # The guide's un-reversing needs the minibatch's lengths: a list that the loop
+    # updates, as a script's closure over its minibatch would be.
+    lengths_box = [lengths]
+    if float_annealing:
+
+        def model_kw(x, x_reversed, mask, annealing=1.0):
+            return model(x, x_reversed, mask, annealing)
+
+        def guide_kw(x, x_reversed, mask, annealing=1.0):
+            return guide(x, x_reversed, mask, annealing)
+
+        svi_model, svi_guide = model_kw, guide_kw
+    else:
+        svi_model, svi_guide = model, guide
+
+    optim = pyro.optim.ClippedAdam(
+        {"lr": 3e-4, "betas": (0.96, 0.999), "clip_norm": 10.0, "lrd": 0.99996, "weight_decay": 2.0}
+    )
+    svi = pyro.infer.SVI(svi_model, svi_guide, optim, _elbo("Trace_ELBO", jit))
+    order = torch.Generator().manual_seed(seed + 1)
+    batch_size = min(20, len(data))
+    losses: list[float] = []
+    batches: list[torch.Tensor] = []
+    nan_steps = 0
+    for step in range(steps):
+        if not batches:
+            perm = torch.randperm(len(data), generator=order)
+            batches = list(perm.split(batch_size))
+            if len(batches[-1]) < batch_size:
+                batches.pop()
+        index = batches.pop()
+        lengths_box[0] = lengths[index]
+        annealing = 0.2 + 0.8 * min(1.0, (step + 1) / steps)
+        normalizer = float(mask[index].sum())
+        if float_annealing:
+            loss = svi.step(data[index], reversed_data[index], mask[index], annealing=annealing)
+        else:
+            loss = svi.step(data[index], reversed_data[index], mask[index], torch.tensor(annealing))
+        nan_steps += math.isnan(loss)
+        losses.append(loss / normalizer)
+    return {"loss": _tail_mean(losses), "nan_steps": nan_steps}
+
+
+# --------------------------------------------------------------------------- HMMs
+
+
+def hmm(
+    steps: int, jit: bool = True, seed: int = 0, factorial: bool = False, sequences: int = 229
+) -> dict[str, float]:
+    """Hidden Markov models of piano rolls, after Pyro's ``examples/contrib/hmm.py``
+    (its model 1, and with ``factorial`` its model 3).
+
+    One hidden state of 16 values (``factorial``: two independent chains of 8 values
+    each, both emitting) per step, enumerated in parallel inside ``pyro.markov``; 88
+    Bernoulli notes per step; sequences masked past their lengths; a MAP guide
+    (``AutoDelta`` of the global probabilities); ``TraceEnum_ELBO`` /
+    ``JitTraceEnum_ELBO``; Adam. Data: :func:`chorales`, 229 sequences padded to 100
+    steps; each step subsamples 8 sequences inside the model's plate, as Pyro's
+    example does.
+    """
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoDelta
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    data, lengths = chorales(seed)
+    data, lengths = data[:sequences], lengths[:sequences]
+    hidden = 8 if factorial else 16
+
+    def model(sequences, lengths, batch_size=8):
+        num_sequences, max_length, notes = sequences.shape
+        transition = 0.9 * torch.eye(hidden) + 0.1
+        probs_w = pyro.sample("probs_w", dist.Dirichlet(transition).to_event(1))
+        if factorial:
+            probs_x = pyro.sample("probs_x", dist.Dirichlet(transition).to_event(1))
+            shape = [hidden, hidden, notes]
+        else:
+            shape = [hidden, notes]
+        probs_y = pyro.sample("probs_y", dist.Beta(0.1, 0.9).expand(shape).to_event(len(shape)))
+        notes_plate = pyro.plate("notes", notes, dim=-1)
+        with pyro.plate("sequences", num_sequences, batch_size, dim=-2) as batch:
+            batch_lengths = lengths[batch]
+            w = x = 0
+            for t in pyro.markov(range(max_length)):
+                with poutine.mask(mask=(t < batch_lengths).unsqueeze(-1)):
+                    w = pyro.sample(
+                        f"w_{t}", dist.Categorical(probs_w[w]), infer={"enumerate": "parallel"}
+                    )
+                    if factorial:
+                        x = pyro.sample(
+                            f"x_{t}",
+                            dist.Categorical(probs_x[x]),
+                            infer={"enumerate": "parallel"},
+                        )
+                        probs = probs_y[w.squeeze(-1), x.squeeze(-1)]
+                    else:
+                        probs = probs_y[w.squeeze(-1)]
+                    with notes_plate:
+                        pyro.sample(f"y_{t}", dist.Bernoulli(probs), obs=sequences[batch, t])
+
+    guide = AutoDelta(poutine.block(model, expose_fn=lambda msg: msg["name"].startswith("probs")))
+    elbo = _elbo("TraceEnum_ELBO", jit, max_plate_nesting=2)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    normalizer = float(lengths.sum())
+    losses = [svi.step(data, lengths) / normalizer for _ in range(steps)]
+    return {"loss": _tail_mean(losses)}
+
+
+def hmm_factorial(steps: int, jit: bool = True, seed: int = 0) -> dict[str, float]:
+    """:func:`hmm` with ``factorial=True``."""
+    return hmm(steps, jit, seed, factorial=True)
+
+
+# --------------------------------------------------------------------------- LDA
+
+
+def lda(steps: int, jit: bool = True, seed: int = 0) -> dict[str, float]:
+    """Latent Dirichlet allocation with an amortized guide, after Pyro's
+    ``examples/lda.py``.
+
+    8 topics over a vocabulary of 1,024 words; 1,000 documents of 64 words each, data
+    of shape ``(64, 1000)`` drawn from the model's own generative process with fixed
+    topics; each word's topic enumerated in parallel; the guide a MAP of the topics and
+    an MLP from a document's word counts to its topic weights (``Delta``);
+    ``TraceEnum_ELBO`` / ``JitTraceEnum_ELBO``, Adam; minibatches of 32 documents
+    subsampled by the plate.
+    """
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+    from torch.distributions import constraints
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    topics, vocabulary, num_docs, words_per_doc, batch_size = 8, 1024, 1000, 64, 32
+    g = torch.Generator().manual_seed(seed)
+    true_words = torch.softmax(torch.randn(topics, vocabulary, generator=g) * 3, -1)
+    doc_topics = torch.softmax(torch.randn(num_docs, topics, generator=g) * 2, -1)
+    word_topics = torch.multinomial(doc_topics, words_per_doc, True, generator=g)
+    data = torch.multinomial(true_words[word_topics.reshape(-1)], 1, generator=g)
+    data = data.reshape(num_docs, words_per_doc).t().contiguous()
+
+    predictor = nn.Sequential(
+        nn.Linear(vocabulary, 100), nn.Sigmoid(), nn.Linear(100, topics), nn.Softmax(-1)
+    )
+
+    def model(data):
+        with pyro.plate("topics", topics):
+            weights = pyro.sample("topic_weights", dist.Gamma(1.0 / topics, 1.0))
+            words = pyro.sample("topic_words", dist.Dirichlet(torch.ones(vocabulary) / vocabulary))
+        with pyro.plate("documents", num_docs, batch_size, dim=-1) as ind:
+            doc_data = data[:, ind]
+            doc = pyro.sample("doc_topics", dist.Dirichlet(weights))
+            with pyro.plate("words", words_per_doc, dim=-2):
+                topic = pyro.sample(
+                    "word_topics", dist.Categorical(doc), infer={"enumerate": "parallel"}
+                )
+                pyro.sample("doc_words", dist.Categorical(words[topic]), obs=doc_data)
+
+    def guide(data):
+        pyro.module("predictor", predictor)
+        weights_post = pyro.param(
+            "topic_weights_post", lambda: torch.ones(topics), constraint=constraints.positive
+        )
+        words_post = pyro.param(
+            "topic_words_post",
+            lambda: torch.ones(topics, vocabulary),
+            constraint=constraints.greater_than(0.5),
+        )
+        with pyro.plate("topics", topics):
+            pyro.sample("topic_weights", dist.Gamma(weights_post, 1.0))
+            pyro.sample("topic_words", dist.Dirichlet(words_post))
+        with pyro.plate("documents", num_docs, batch_size, dim=-1) as ind:
+            doc_data = data[:, ind]
+            counts = torch.zeros(vocabulary, len(ind)).scatter_add(
+                0, doc_data, torch.ones(doc_data.shape)
+            )
+            pyro.sample("doc_topics", dist.Delta(predictor(counts.t()), event_dim=1))
+
+    elbo = _elbo("TraceEnum_ELBO", jit, max_plate_nesting=2)
+    svi = pyro.infer.SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.01}), elbo)
+    normalizer = float(batch_size * words_per_doc)
+    losses = [svi.step(data) / normalizer for _ in range(steps)]
+    return {"loss": _tail_mean(losses)}
+
+
+# --------------------------------------------------------------------------- others
+
+
+def sir(steps: int, jit: bool = True, seed: int = 0) -> dict[str, float]:
+    """An SIR epidemic fitted by SVI, after Pyro's ``examples/contrib/epidemiology/sir.py``:
+    ``pyro.contrib.epidemiology.SimpleSIRModel(population=1000, recovery_time=7)`` on 40
+    days of new-case counts simulated from a discrete-time SIR (R0 2.5, 60% of cases
+    observed), ``.fit_svi(num_steps=steps, num_particles=8, jit=jit)`` (an
+    ``AutoNormal`` guide, Haar reparameterized; its SMC heuristic initialization
+    included). Returns the final loss (per day)."""
+    import pyro
+    from pyro.contrib.epidemiology.models import SimpleSIRModel
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    g = torch.Generator().manual_seed(seed)
+    population, recovery, days = 1000, 7.0, 40
+    s, i = population - 3.0, 3.0
+    cases = []
+    for _ in range(days):
+        p_infect = 1 - math.exp(-2.5 / recovery * i / population)
+        s2i = torch.binomial(torch.tensor(s), torch.tensor(p_infect), generator=g)
+        i2r = torch.binomial(torch.tensor(i), torch.tensor(1 / recovery), generator=g)
+        s, i = s - float(s2i), i + float(s2i) - float(i2r)
+        cases.append(torch.binomial(s2i, torch.tensor(0.6), generator=g))
+    data = torch.stack(cases)
+    model = SimpleSIRModel(population, recovery, data)
+    losses = model.fit_svi(num_steps=steps, num_particles=8, jit=jit, log_every=10**9)
+    return {"loss": _tail_mean(losses)}
+
+
+def eight_schools(steps: int, jit: bool = True, seed: int = 0) -> dict[str, float]:
+    """Eight schools (Rubin 1981), non-centered, by NUTS, after Pyro's MCMC examples:
+    ``pyro.infer.NUTS(model, jit_compile=jit)``, ``steps`` warmup and ``steps``
+    samples, one chain. Data: 8 effects drawn from the model (mu 4, tau 3) with
+    standard errors between 9 and 18. Returns the posterior mean of ``mu``."""
+    import pyro
+    import pyro.distributions as dist
+    import pyro.infer
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    g = torch.Generator().manual_seed(seed)
+    sigma = 9.0 + 9.0 * torch.rand(8, generator=g)
+    theta = 4.0 + 3.0 * torch.randn(8, generator=g)
+    y = theta + sigma * torch.randn(8, generator=g)
+
+    def model(sigma, y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("schools", len(sigma)):
+            offset = pyro.sample("offset", dist.Normal(0.0, 1.0))
+            pyro.sample("y", dist.Normal(mu + tau * offset, sigma), obs=y)
+
+    kernel = pyro.infer.NUTS(model, jit_compile=jit, ignore_jit_warnings=True)
+    mcmc = pyro.infer.MCMC(kernel, num_samples=steps, warmup_steps=steps, disable_progbar=True)
+    mcmc.run(sigma, y)
+    return {"loss": float(mcmc.get_samples()["mu"].mean())}
+
+
+def mue(steps: int, jit: bool = True, seed: int = 0) -> dict[str, float]:
+    """A profile HMM fitted by SVI, after Pyro's ``examples/contrib/mue/ProfileHMM.py``:
+    ``pyro.contrib.mue.models.ProfileHMM(latent_seq_length=24, alphabet_length=4)``,
+    ``.fit_svi(dataset, epochs=steps, batch_size=10, jit=jit)``. Data: 100 DNA sequences
+    of 18 to 30 letters mutated from one ancestor of 24 (substitutions, insertions and
+    deletions), one-hot and padded (``BiosequenceDataset``). One step is one epoch of
+    10 minibatches. Returns the final loss."""
+    import pyro
+    from pyro.contrib.mue.dataloaders import BiosequenceDataset
+    from pyro.contrib.mue.models import ProfileHMM
+
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    g = torch.Generator().manual_seed(seed)
+    letters = "ACGT"
+    ancestor = [int(c) for c in torch.randint(0, 4, (24,), generator=g)]
+    seqs = []
+    for _ in range(100):
+        seq = []
+        for base in ancestor:
+            r = float(torch.rand((), generator=g))
+            if r < 0.05:  # deletion
+                continue
+            seq.append(int(torch.randint(0, 4, (), generator=g)) if r < 0.15 else base)
+            if float(torch.rand((), generator=g)) < 0.05:  # insertion
+                seq.append(int(torch.randint(0, 4, (), generator=g)))
+        seqs.append("".join(letters[b] for b in seq))
+    dataset = BiosequenceDataset(seqs, "list", "dna")
+    dataset.seq_data = dataset.seq_data.float()  # one-hot in float64; the model is float32
+    model = ProfileHMM(24, dataset.alphabet_length)
+    with contextlib.redirect_stdout(io.StringIO()):  # fit_svi prints every epoch
+        losses = model.fit_svi(dataset, epochs=steps, batch_size=10, jit=jit)
+    return {"loss": _tail_mean(losses) / 10}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Program:
+    """One whole program. ``run(steps, jit)`` returns ``{"loss": summary, ...}``;
+    ``steps`` is the full run's length, ``quick`` a smoke run's; the contenders' summaries
+    agree if within ``tolerance`` of eager's, relative to ``max(|eager|, scale)``."""
+
+    name: str
+    run: Callable[..., dict[str, float]]
+    steps: int
+    quick: int
+    unit: str
+    tolerance: float = 0.05
+    scale: float = 1.0
+
+
+PROGRAMS: dict[str, Program] = {
+    p.name: p
+    for p in [
+        Program("vae", vae, 800, 20, "minibatches of 256"),
+        Program("dmm", dmm, 100, 4, "minibatches of 20"),
+        Program(
+            "dmm-float-af",
+            functools.partial(dmm, float_annealing=True),
+            10,
+            2,
+            "minibatches of 20",
+        ),
+        Program("hmm", hmm, 100, 6, "minibatches of 8", 0.1),
+        Program("hmm-factorial", hmm_factorial, 60, 4, "minibatches of 8", 0.1),
+        Program("lda", lda, 50, 4, "minibatches of 32"),
+        Program("sir", sir, 1000, 30, "SVI steps of 8 particles"),
+        Program("eight-schools", eight_schools, 500, 50, "warmup + samples", 0.3, 3.0),
+        Program("mue", mue, 30, 2, "epochs of 10 minibatches"),
+    ]
+}
+
+
+# --------------------------------------------------------------------------- child
+
+
+def _count_entries() -> Callable[[], dict[str, int]]:
+    """Makes every :class:`lazyjit.CompiledFunction` created from now on register its
+    stats; returns a function that sums them (``compiled``: entries compiled to a
+    program, ``eager``: entries that run eagerly)."""
+    from .jit import CompiledFunction
+
+    registered: list = []
+    init = CompiledFunction.__init__
+
+    def registering(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        registered.append(self.stats)
+
+    CompiledFunction.__init__ = registering
+
+    def counts() -> dict[str, int]:
+        made = sum(s.compilations for s in registered)
+        fallbacks = sum(s.fallbacks for s in registered)
+        return {
+            "functions": len(registered),
+            "compiled": made - fallbacks,
+            "eager": fallbacks,
+            "compile_s": round(sum(s.compile_seconds for s in registered), 3),
+        }
+
+    return counts
+
+
+def child_main(t0: float, name: str, contender: str, steps: int) -> None:
+    """A contender's process: set up, run the program, print one tagged JSON line."""
+    import warnings
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    result: dict[str, Any] = {"program": name, "contender": contender, "steps": steps}
+    try:
+        import pyro  # noqa: F401
+
+        counts = None
+        if contender == "lazyjit":
+            import lazyjit
+
+            lazyjit.install()  # before the program imports pyro.contrib's modules
+            counts = _count_entries()
+        result["import_s"] = time.perf_counter() - t0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore")
+            from .errors import LazyJitWarning
+
+            warnings.simplefilter("always", LazyJitWarning)
+            start = time.perf_counter()
+            summary = PROGRAMS[name].run(steps, jit=contender != "eager")
+            end = time.perf_counter()
+        result.update(summary)
+        result["run_s"] = end - start
+        result["total_s"] = end - t0
+        if counts is not None:
+            result["entries"] = counts()
+            said = list(dict.fromkeys(str(w.message)[:300] for w in caught))
+            result["warnings"] = said
+    except Exception as e:  # noqa: BLE001 - a row that says why
+        import traceback
+
+        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        result["traceback"] = traceback.format_exc()
+    print(_RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def run_one(name: str, contender: str, steps: int, timeout: float) -> dict[str, Any]:
+    """Runs one (program, contender) in a fresh interpreter; its result dict, with the
+    parent's ``wall_s`` of the subprocess."""
+    code = (
+        "import time; T0 = time.perf_counter(); import sys; "
+        "from lazyjit.programs import child_main; "
+        "child_main(T0, sys.argv[1], sys.argv[2], int(sys.argv[3]))"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, name, contender, str(steps)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {
+            "program": name,
+            "contender": contender,
+            "steps": steps,
+            "error": f"timed out after {timeout:.0f} s",
+            "wall_s": time.perf_counter() - start,
+        }
+    wall = time.perf_counter() - start
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(_RESULT_TAG):
+            result = json.loads(line[len(_RESULT_TAG) :])
+            break
+    else:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        result = {
+            "program": name,
+            "contender": contender,
+            "steps": steps,
+            "error": f"exit {done.returncode}: {tail[0][:300]}",
+        }
+    result["wall_s"] = wall
+    return result
+
+
+def run(
+    quick: bool = False,
+    only: str | None = None,
+    timeout: float | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Every chosen (program, contender), one fresh process each, contenders taking
+    turns within a program. Returns the rows (one dict per run)."""
+    names = [n.strip() for n in only.split(",")] if only else list(PROGRAMS)
+    unknown = [n for n in names if n not in PROGRAMS]
+    if unknown:
+        raise ValueError(f"unknown program(s) {unknown}; choose from {list(PROGRAMS)}")
+    timeout = timeout or (180.0 if quick else 600.0)
+    rows = []
+    for name in names:
+        program = PROGRAMS[name]
+        steps = program.quick if quick else program.steps
+        for contender in CONTENDERS:
+            row = run_one(name, contender, steps, timeout)
+            rows.append(row)
+            what = row.get("error") or f"loss {row['loss']:.4g}, {row['total_s']:.1f} s"
+            log(f"{name:14s} {contender:9s} {steps:5d} {program.unit}: {what}")
+    return rows
+
+
+def _seconds(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    if "error" in row:
+        return "fails"
+    return f"{row['total_s']:.1f} ({row['wall_s']:.1f})"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table: one line per program."""
+    lines = [
+        "| program | steps | eager s | Pyro jit s | lazyjit s | lazyjit / Pyro jit "
+        "| entries compiled | entries eager | final losses agree? |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    by = {(r["program"], r["contender"]): r for r in rows}
+    for name in dict.fromkeys(r["program"] for r in rows):
+        program = PROGRAMS[name]
+        eager, pyro_jit, lazy = (by.get((name, c)) for c in CONTENDERS)
+        ok = [r for r in (eager, pyro_jit, lazy) if r is not None and "error" not in r]
+        ratio = (
+            f"{lazy['total_s'] / pyro_jit['total_s']:.2f}" if lazy in ok and pyro_jit in ok else "-"
+        )
+        entries = (lazy or {}).get("entries", {})
+        losses = " / ".join(f"{r['loss']:.4g}" if r in ok else "-" for r in (eager, pyro_jit, lazy))
+        if eager in ok and len(ok) > 1:
+            bound = program.tolerance * max(abs(eager["loss"]), program.scale)
+            agree = all(abs(r["loss"] - eager["loss"]) <= bound for r in ok)
+            verdict = ("yes" if agree else "no") + f" ({losses})"
+        else:
+            verdict = f"- ({losses})"
+        steps = (eager or pyro_jit or lazy or {}).get("steps", "-")
+        lines.append(
+            f"| {name} | {steps} | {_seconds(eager)} | {_seconds(pyro_jit)} | {_seconds(lazy)} "
+            f"| {ratio} | {entries.get('compiled', '-')} | {entries.get('eager', '-')} "
+            f"| {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def report(
+    rows: list[dict[str, Any]], command: str, seconds: float, load: tuple, load_start: tuple = ()
+) -> str:
+    """``PROGRAMS.md``: the table, how it was made, and every failure or warning."""
+    from datetime import UTC, datetime
+
+    import pyro
+
+    out = [
+        "# Real programs, whole runs",
+        "",
+        f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s in all; "
+        f"torch {torch.__version__}, pyro {pyro.__version__}, Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs, load average "
+        + (f"at the start {load_start[0]:.2f}, " if load_start else "")
+        + f"at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
+        "",
+        "Each cell: seconds from the top of a fresh process to the end of its last step "
+        "(imports, data, compiles included), then in parentheses the parent's wall time of "
+        "the whole process. One torch thread each. Losses: eager / Pyro jit / lazyjit "
+        "(eight-schools: the posterior mean of mu); they agree if within the program's "
+        "tolerance of eager's. Entries: lazyjit's compiled entries and entries that run "
+        "eagerly, summed over every `CompiledFunction` of the run. See "
+        "[docs/benchmarks.md](../docs/benchmarks.md).",
+        "",
+        table(rows),
+        "",
+    ]
+    notes = []
+    for r in rows:
+        if "error" in r:
+            notes.append(f"- {r['program']}, {r['contender']}: {r['error']}")
+        for w in r.get("warnings", []):
+            notes.append(f"- {r['program']}, {r['contender']} warned: {w}")
+        if r.get("nan_steps"):
+            notes.append(f"- {r['program']}, {r['contender']}: {r['nan_steps']} NaN losses")
+    if notes:
+        out += ["Failures and warnings:", "", *notes, ""]
+    return "\n".join(out)
+
+
+def main(
+    quick: bool = False,
+    only: str | None = None,
+    out: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """``python -m lazyjit programs``: runs, prints the table, writes ``PROGRAMS.md``
+    (and ``programs.json``) into ``out``: ``benchmarks/`` by default for a full run of
+    every program, a new temporary directory for ``--quick`` or ``--only``."""
+    if out is None:
+        out = tempfile.mkdtemp(prefix="lazyjit-programs-") if quick or only else "benchmarks"
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    start = time.perf_counter()
+    rows = run(quick=quick, only=only, log=log)
+    seconds = time.perf_counter() - start
+    command = "python -m lazyjit " + " ".join(sys.argv[1:]) if sys.argv[1:] else "programs"
+    text = report(rows, command, seconds, os.getloadavg(), load_start)
+    (path / "PROGRAMS.md").write_text(text)
+    (path / "programs.json").write_text(json.dumps(rows, indent=1) + "\n")
+    log("")
+    log(table(rows))
+    log(f"\n{seconds:.0f} s in all; {path / 'PROGRAMS.md'}")
+    return path
