@@ -365,9 +365,8 @@ class CompiledFunction:
                 restore()
             self.stats.compilations += 1
             logger.info("lazyjit: %s is specialized for other values", self._name)
-            if type(program) is not Program:
-                entry.programs.insert(0, program)
-                entry.program = program
+            entry.programs.insert(0, program)  # an eager fallback too: it holds for any value
+            entry.program = program
             return program
         self.stats.guard_failures += 1
         entry.guard_failures += 1
