@@ -157,9 +157,10 @@ class JitTrace_ELBO(_LazyJitELBO, Trace_ELBO):
     Takes every argument :class:`~pyro.infer.Trace_ELBO` takes, plus:
 
     :param backend: a lazyjit backend name (``lazyjit.BACKENDS``); the default ``"auto"``
-        starts on TorchScript and moves a hot entry to inductor in the background.
+        runs a signature's first calls eagerly, then its captured graph, and moves a hot
+        entry to inductor compiled in the background.
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly when a
-        call cannot be compiled safely (its structure depends on a tensor value).
+        call cannot be compiled, and instead of guarding a branch on a tensor value.
     :param cache_size: the most compiled entries kept (one per call signature).
     :param verify: check each entry's first ``verify`` calls against eager Pyro (see
         :func:`lazyjit.trace`).

@@ -568,18 +568,18 @@ def trace(
     and dicts), the value of every other argument, and the grad mode.
 
     :param fn: the function to compile; it may call ``pyro.param`` and ``pyro.sample``.
-    :param ignore_warnings: hide TorchScript's ``TracerWarning``\\ s. A warning that the
-        function branched on a tensor value still makes that entry run eagerly.
+    :param ignore_warnings: hide TorchScript's ``TracerWarning``\\ s. A branch on a tensor
+        value is still guarded (``docs/reliability.md``).
     :param jit_options: keyword arguments for :func:`torch.jit.trace`
         (``check_trace`` defaults to ``False``).
-    :param backend: ``"auto"`` (TorchScript first, inductor in the background once an
-        entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
+    :param backend: ``"auto"`` (eager first, then the captured graph on TorchScript,
+        inductor in the background once an entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
         (an aten graph run as FX code), ``"aten-jit"`` (that graph run by
         TorchScript) or ``"inductor"`` (that graph compiled by inductor), or a
-        :class:`lazyjit.backends.Backend` instance (say, an ``AutoBackend`` with other
-        thresholds); see ``docs/backends.md``.
+        :class:`lazyjit.backends.Backend` instance (say, an ``AutoBackend`` with another
+        ``TierPolicy``); see ``docs/backends.md``.
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when
-        compiling fails or the function's structure depends on tensor values.
+        compiling fails, and instead of guarding a branch on a tensor value.
     :param cache_size: the most compiled entries kept; the least recently used goes.
     :param verify: check each entry's first ``verify`` calls against eager Pyro on the
         same inputs and RNG state (values and gradients) and raise
