@@ -42,9 +42,10 @@ from .simplify import simplify
 
 logger = logging.getLogger("lazyjit")
 
-# The function a backend compiles. The one lazyjit.trace passes has an attribute `guard`,
-# whether its value reads may be guarded (lazyjit.guards; false with strict=True), and a
-# method `fell_back()`, which counts a part of it that runs eagerly after all.
+# The function a backend compiles. The one lazyjit.trace passes has attributes `guard`,
+# whether its value reads may be guarded (lazyjit.guards; false with strict=True), and
+# `num_params`, how many of its inputs are params (the rest are the call's tensors), and
+# a method `fell_back()`, which counts a part of it that runs eagerly after all.
 Flat = Callable[..., tuple[torch.Tensor, ...]]
 # Held while lazyjit runs Pyro code outside a compiled program (a signature's first call,
 # an eager tier, a capture): Pyro's effect-handler stack is process-wide, and two threads
@@ -411,7 +412,7 @@ class GraphProgram(Program):
     ) -> Runner | None:
         start = time.perf_counter()
         try:
-            graph_module = capture_value_and_grad(self.flat, inputs, wrt)
+            graph_module = capture_value_and_grad(self.flat, _fresh(self.flat, inputs), wrt)
         except Exception as e:  # noqa: BLE001 - the eager path below is always correct
             _warn_once(
                 self._warned,
@@ -817,6 +818,16 @@ def capture(
     return graph_module, frozenset(custom_autograd)
 
 
+def _fresh(flat: Flat, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``inputs`` for a capture made after a call ran on them: the params as they are (a
+    PyroModule reads its own), the call's tensors as copies, so that a cache keyed by
+    tensor identity inside the function (a torch Transform's) cannot hand the capture the
+    call's results, whose autograd graph is gone."""
+    num_params = getattr(flat, "num_params", len(inputs))
+    copies = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs[num_params:]]
+    return [*inputs[:num_params], *copies]
+
+
 def _constants(graph_module: GraphModule) -> list[torch.Tensor]:
     """The tensors a captured graph holds (GraphModule registers them as buffers), in the
     order aot_autograd passes them."""
@@ -1194,6 +1205,8 @@ class Lane:
     :ivar calls: calls counted until it runs inductor's code (or stays where it is).
     :ivar graph_module: the graph captured, once warm (or given in advance: a plain-call
         lane given one compiles it without a backward).
+    :ivar grad: whether that graph's outputs must be differentiable (a plain call under
+        autograd): its inductor compile is a training compile, on the calling thread.
     :ivar future: the background compile of that graph, whose result the lane takes at
         call :attr:`switch_at`.
     :ivar waited_seconds: how long the lane waited at that call for the compile.
@@ -1208,6 +1221,7 @@ class Lane:
         self.hot = False
         self.wrt: Sequence[int] = ()
         self.graph_module: GraphModule | None = None
+        self.grad = False
         self.future: Future | None = None
         self.switch_at = math.inf
         self.waited_seconds = 0.0
@@ -1233,10 +1247,10 @@ class TieredProgram(Program):
     as FX code (``"aten"``) where the graph is too big to trace on the caller's thread
     or TorchScript is missing. Once hot, inductor compiles the graph on lazyjit's
     compiler thread, and the lane takes the compiled code at its switch call. A
-    differentiable plain call needs inductor's training compile, which cannot run beside
-    the caller: that lane skips the warm tier and compiles on the calling thread. A failed
-    capture or compile leaves the lane on its tier, with a one-time
-    :class:`LazyJitWarning`.
+    differentiable plain call runs its warm graph traced with its backward, and needs
+    inductor's training compile, which cannot run beside the caller: that lane compiles on
+    the calling thread when hot. A failed capture or compile leaves the lane on its tier,
+    with a one-time :class:`LazyJitWarning`.
 
     :ivar base: the tier-0 program.
     :ivar lanes: ``{"call": Lane, "value_and_grad": Lane}``.
@@ -1303,20 +1317,18 @@ class TieredProgram(Program):
 
         return counted
 
-    def _capture(
-        self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]
-    ) -> bool | None:
-        """Captures the lane's graph on this thread. Returns whether its compile must
-        include a backward (a differentiable plain call), or None where the lane stays on
-        its tier."""
+    def _capture(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> bool:
+        """Captures the lane's graph on this thread; whether it did (if not, the lane stays
+        on its tier)."""
         start = time.perf_counter()
         grad = False
         try:
+            fresh = _fresh(self.flat, inputs)
             with PYRO_LOCK:
                 if lane is self._grad:
-                    graph_module = capture_value_and_grad(self.flat, inputs, tuple(wrt))
+                    graph_module = capture_value_and_grad(self.flat, fresh, tuple(wrt))
                 else:
-                    graph_module, custom_autograd = capture(self.flat, inputs, replayable=True)
+                    graph_module, custom_autograd = capture(self.flat, fresh, replayable=True)
                     grad = _needs_autograd(inputs)
                     if grad and custom_autograd:
                         logger.info(
@@ -1325,7 +1337,7 @@ class TieredProgram(Program):
                             lane.tier,
                             ", ".join(sorted(custom_autograd)),
                         )
-                        return None
+                        return False
         except StructureError as e:
             if not getattr(self.flat, "guard", True):  # strict: no guards, no fallback
                 raise LazyJitError(
@@ -1340,7 +1352,7 @@ class TieredProgram(Program):
                 f"that no guard can check, at {e.site}",
                 StructureWarning,
             )
-            return None
+            return False
         except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
             self._fell_back()
             _warn_once(
@@ -1349,8 +1361,8 @@ class TieredProgram(Program):
                 f"{lane.kind} stays on {lane.tier}: capturing its graph failed "
                 f"({type(e).__name__}: {e})",
             )
-            return None
-        lane.wrt, lane.graph_module = wrt, graph_module
+            return False
+        lane.wrt, lane.graph_module, lane.grad = wrt, graph_module, grad
         seconds = time.perf_counter() - start
         self._add_compile_seconds(seconds)
         logger.info(
@@ -1362,7 +1374,7 @@ class TieredProgram(Program):
             len(graph_module.graph.nodes),
             seconds,
         )
-        return grad
+        return True
 
     def _fell_back(self) -> None:
         fell_back = getattr(self.flat, "fell_back", None)
@@ -1374,7 +1386,7 @@ class TieredProgram(Program):
             if lane.warm:  # another thread got there first
                 return
             lane.warm = True
-        if self._capture(lane, inputs, wrt) is not None:
+        if self._capture(lane, inputs, wrt):
             self._run_captured(lane, inputs)
 
     def _tier_up(self, lane: Lane, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
@@ -1383,13 +1395,10 @@ class TieredProgram(Program):
                 return
             lane.hot = True
         try:
-            grad = False
             if lane.graph_module is None:
-                if lane.warm:  # its capture failed: no second stall
+                if lane.warm or not self._capture(lane, inputs, wrt):  # no second stall
                     return
-                grad = self._capture(lane, inputs, wrt)
-                if grad is None:
-                    return
+            grad = lane.grad
             if not grad and not lane.warm:  # a warm lane runs its graph already
                 self._run_captured(lane, inputs)
             logger.info(
@@ -1422,7 +1431,7 @@ class TieredProgram(Program):
             return
         start = time.perf_counter()
         try:
-            runner = script_graph(graph_module, inputs, False)
+            runner = script_graph(graph_module, inputs, lane.grad)
         except Exception as e:  # noqa: BLE001 - the graph's FX code computes the same thing
             logger.info(
                 "lazyjit: %s runs its graph as FX code: TorchScript failed to trace it (%s: %s)",
@@ -1543,14 +1552,8 @@ class AutoBackend(Backend):
             )
             base, tier = Program(fn), "eager"
         policy = self.policy
-        plain_policy = policy
-        # The grad mode is in the cache key: the inputs tell how every call will be made.
-        if _needs_autograd(inputs):
-            # A differentiable plain call compiles on the calling thread: no warm tier,
-            # and the compiled code is used as soon as it is there.
-            plain_policy = dataclasses.replace(policy, warm_calls=math.inf)
         lanes = {
-            "call": Lane("call", tier, plain_policy),
+            "call": Lane("call", tier, policy),
             "value_and_grad": Lane("value_and_grad", tier, policy),
         }
         return TieredProgram(fn, base, lanes)

@@ -149,17 +149,20 @@ class _Flat:
     """The function a backend compiles: params and tensor leaves in, the function's
     outputs out as a flat tuple of tensors.
 
-    Unless ``guard`` is false, value reads met while a backend traces it are guarded
-    (:mod:`lazyjit.guards`): such a trace returns one more output, whether its checks
-    hold, and :attr:`guarded` is set from then on.
+    Its first ``num_params`` inputs are params. Unless ``guard`` is false, value reads met
+    while a backend traces it are guarded (:mod:`lazyjit.guards`): such a trace returns
+    one more output, whether its checks hold, and :attr:`guarded` is set from then on.
 
     :ivar spec: the outputs' structure, from the first run; every later run must match it.
     """
 
-    def __init__(self, pure: Callable, name: str, guard: bool, stats: CompileStats):
+    def __init__(
+        self, pure: Callable, name: str, guard: bool, num_params: int, stats: CompileStats
+    ):
         self.pure = pure
         self.name = name
         self.guard = guard
+        self.num_params = num_params
         self.stats = stats
         self.spec: TreeSpec | None = None
         self.guarded = False
@@ -446,7 +449,11 @@ class CompiledFunction:
             param_names, result = find_params(self.fn, args, kwargs)
         params = [_PYRO_PARAM_STORE._params[name] for name in param_names]
         flat = _Flat(
-            pure_function(self.fn, key, param_names), self._name, not self.strict, self.stats
+            pure_function(self.fn, key, param_names),
+            self._name,
+            not self.strict,
+            len(param_names),
+            self.stats,
         )
         outputs = flat.flatten(result)
         if grad:

@@ -145,9 +145,15 @@ class _Recorder(TorchDispatchMode):
             and not constant
             and not guards.reading()
         ):
-            raise RuntimeError(
-                f"It appears that you're trying to get value out of a tracing tensor with {func}"
-            )
+            # A read that no Python conversion saw (C++ indexing with a 0-dim integer
+            # tensor, `x[i]` for a sampled `i`): guarded here, or refused.
+            value = func(*args, **kwargs)
+            if len(tensors) != 1 or not self._check_value(tensors[0], value):
+                raise RuntimeError(
+                    f"It appears that you're trying to get value out of a tracing tensor "
+                    f"with {func}"
+                )
+            return value
         out = func(*args, **kwargs)
         graph_args, graph_kwargs = tree_unflatten([self.arg(a) for a in flat], spec)
         node = self.graph.call_function(func, tuple(graph_args), graph_kwargs)
@@ -171,6 +177,22 @@ class _Recorder(TorchDispatchMode):
                     item_node = self.graph.call_function(operator.getitem, (node, i))
                     self._output(item, item_node, constant, detach)
         return out
+
+    def _check_value(self, tensor: torch.Tensor, value: Any) -> bool:
+        """Records the check that ``tensor`` (one element) holds ``value`` again, as a
+        guard; whether guards are collected."""
+        if value != value:  # NaN
+            op, scalar = aten.isnan.default, ()
+        elif isinstance(value, bool):
+            op, scalar = (aten.ne.Scalar if value else aten.eq.Scalar), (0,)
+        else:
+            op, scalar = aten.eq.Scalar, (value,)
+        holds = op(tensor, *scalar)
+        check = aten.all.default(holds)
+        node = self.graph.call_function(op, (self._nodes[id(tensor)], *scalar))
+        self.track(holds, node, constant=False)
+        self.track(check, self.graph.call_function(aten.all.default, (node,)), constant=False)
+        return bool(guards.add_check(check))
 
     def _check_shape(self, func: Any, out: torch.Tensor, node: Node) -> None:
         """Guards a shape that the data chose (a boolean mask's selection): the graph

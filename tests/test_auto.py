@@ -458,3 +458,37 @@ def test_nuts_tiers_up_and_samples_the_posterior(hot_after):
     samples = mcmc.get_samples()
     assert abs(samples["loc"].mean() - data.mean()) < 0.5
     assert abs(samples["scale"].mean() - data.std()) < 0.5
+
+
+def test_differentiable_plain_calls_run_the_captured_graph_once_warm(policy):
+    """``.backward()`` on the output of a plain call (MiniPyro's SVI, ``differentiable_loss``):
+    the warm tier is the graph traced with its backward, long before any inductor compile."""
+    policy(warm=1)
+    compiled = lazyjit.trace(scale_log_prob)
+    x, y = torch.randn(5), torch.randn(5)
+    for _ in range(3):
+        out = compiled(x, y)
+    assert program_of(compiled).lanes["call"].tier == "aten-jit"
+    expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
+    assert_close(out.detach(), expected)
+    scale = pyro.param("scale").unconstrained()
+    assert_close(torch.autograd.grad(out, scale)[0], expected_grads["scale"])
+
+
+def test_a_capture_meets_no_cached_result_of_the_call_before(policy):
+    """A torch Transform with a cache (Pyro's HaarReparam keeps one across calls) would
+    hand a capture made on the very tensors of the call before that call's result, whose
+    autograd graph is gone: captures run on copies of the call's tensors."""
+    exp = torch.distributions.transforms.ExpTransform(cache_size=1)
+
+    def fn(x):
+        return (exp(x) * pyro.param("w", torch.tensor(2.0))).sum()
+
+    policy(warm=1)
+    compiled = lazyjit.trace(fn)
+    for _ in range(3):  # fresh tensors at each call, as a sampler passes them
+        x = torch.randn(4, requires_grad=True)
+        value, grads = compiled.value_and_grad(x)
+    assert program_of(compiled).lanes["value_and_grad"].tier == "aten-jit"
+    assert_close(value, fn(x).detach())
+    assert_close(grads.leaves[0], 2.0 * x.detach().exp())

@@ -337,6 +337,27 @@ def test_item_is_guarded(backend):
     assert (stats.guarded, stats.fallbacks, stats.compilations) == (2, 0, 3)
 
 
+@pytest.mark.parametrize("backend", ["aten", "aten-jit"])
+def test_indexing_with_a_sampled_integer_is_guarded(backend):
+    """``locs[i]`` for a 0-dim integer tensor ``i`` reads ``i``'s value inside torch's
+    indexing (no Python conversion sees it): guarded by the capture, a specialization
+    for each value met."""
+
+    def fn(locs):
+        i = pyro.sample("i", dist.Categorical(torch.ones(3) / 3))
+        return dist.Normal(locs[i], 1.0).log_prob(torch.tensor(0.5))
+
+    compiled = lazyjit.trace(fn, backend=backend)
+    locs = torch.tensor([0.0, 1.0, 2.0])
+    for seed in range(12):
+        torch.manual_seed(seed)
+        actual = compiled(locs)
+        torch.manual_seed(seed)
+        assert_close(actual, fn(locs))
+    ((_, entry),) = compiled._cache.items()
+    assert len(entry.programs) == 3 and compiled.stats.fallbacks == 0
+
+
 def test_static_shape_reads_compile():
     def f(x):
         n = int(x.shape[0])  # a shape, part of the cache key: static
