@@ -14,6 +14,10 @@ recorder), each conversion of a tensor to a Python value (``bool``, ``int``,
 * **refused**: a value read while no guards are collected (``strict=True``): the
   tracer's own complaint stands, and the backend raises ``StructureError``.
 
+Indexing with a 0-dim integer tensor that depends on the data (``locs[i]`` for a sampled
+``i``) becomes an index op of the graph, as TorchScript's tracer records it, instead of
+a read.
+
 lazyjit's recorder also guards the size of a selection the data made (a boolean mask's),
 which Python code can read without converting a tensor. Reads that bypass all of this
 (``tolist()``) are still refused, and such an entry runs eagerly (``docs/reliability.md``).
@@ -61,6 +65,8 @@ def watching(depends: Callable[[torch.Tensor], bool]) -> Iterator[None]:
             for name in _CONVERSIONS:
                 _unpatched[name] = torch.Tensor.__dict__.get(name)
                 setattr(torch.Tensor, name, _sorted(getattr(torch.Tensor, name)))
+            _unpatched["__getitem__"] = torch.Tensor.__dict__.get("__getitem__")
+            torch.Tensor.__getitem__ = _indexing(torch.Tensor.__getitem__)
         _patch_users += 1
     outer, _local.depends = getattr(_local, "depends", None), depends
     try:
@@ -128,6 +134,26 @@ def _sorted(convert: Callable) -> Callable:
         return value
 
     return conversion
+
+
+def _indexing(getitem: Callable) -> Callable:
+    @functools.wraps(getitem)
+    def index(tensor: torch.Tensor, key: Any) -> Any:
+        depends = getattr(_local, "depends", None)
+        if (
+            depends is not None
+            and isinstance(key, torch.Tensor)
+            and key.dim() == 0
+            and not key.is_floating_point()
+            and key.dtype is not torch.bool
+            and depends(key)
+        ):
+            # `x[i]` for a 0-dim integer tensor reads `i` inside torch (a select); as an
+            # index op, as TorchScript's tracer records it, it stays a graph op.
+            return torch.ops.aten.index.Tensor(tensor, [key])
+        return getitem(tensor, key)
+
+    return index
 
 
 def _read(convert: Callable, tensor: torch.Tensor, args: tuple) -> Any:
