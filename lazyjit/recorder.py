@@ -145,8 +145,8 @@ class _Recorder(TorchDispatchMode):
             and not constant
             and not guards.reading()
         ):
-            # A read that no Python conversion saw (C++ indexing with a 0-dim integer
-            # tensor, `x[i]` for a sampled `i`): guarded here, or refused.
+            # A read that no Python conversion saw (torch's C++ indexing, `x[(i,)]` for a
+            # sampled `i`): guarded here, or refused.
             value = func(*args, **kwargs)
             if len(tensors) != 1 or not self._check_value(tensors[0], value):
                 raise RuntimeError(
@@ -170,7 +170,7 @@ class _Recorder(TorchDispatchMode):
                 and torch.Tag.dynamic_output_shape in func.tags
                 and not _static_index(func, args)
             ):
-                self._check_shape(func, out, node)
+                self._check_shape(func, out)
         elif isinstance(out, (tuple, list)):
             for i, item in enumerate(out):
                 if isinstance(item, torch.Tensor):
@@ -182,32 +182,28 @@ class _Recorder(TorchDispatchMode):
         """Records the check that ``tensor`` (one element) holds ``value`` again, as a
         guard; whether guards are collected."""
         if value != value:  # NaN
-            op, scalar = aten.isnan.default, ()
+            holds = self._emit(aten.isnan.default, tensor)
         elif isinstance(value, bool):
-            op, scalar = (aten.ne.Scalar if value else aten.eq.Scalar), (0,)
+            holds = self._emit(aten.ne.Scalar if value else aten.eq.Scalar, tensor, 0)
         else:
-            op, scalar = aten.eq.Scalar, (value,)
-        holds = op(tensor, *scalar)
-        check = aten.all.default(holds)
-        node = self.graph.call_function(op, (self._nodes[id(tensor)], *scalar))
-        self.track(holds, node, constant=False)
-        self.track(check, self.graph.call_function(aten.all.default, (node,)), constant=False)
-        return bool(guards.add_check(check))
+            holds = self._emit(aten.eq.Scalar, tensor, value)
+        return bool(guards.add_check(self._emit(aten.all.default, holds)))
 
-    def _check_shape(self, func: Any, out: torch.Tensor, node: Node) -> None:
+    def _check_shape(self, func: Any, out: torch.Tensor) -> None:
         """Guards a shape that the data chose (a boolean mask's selection): the graph
         replays the op, but Python code may have read the shape (``x[mask].shape[0] > 2``)
         without any conversion of a tensor. The check counts the elements again."""
-        ones = torch.ones_like(out, dtype=torch.int64)
-        count = ones.sum()
-        check = count == out.numel()
-        nodes = [self.graph.call_function(aten.ones_like.default, (node,), {"dtype": torch.int64})]
-        nodes.append(self.graph.call_function(aten.sum.default, (nodes[0],)))
-        nodes.append(self.graph.call_function(aten.eq.Scalar, (nodes[1], out.numel())))
-        for tensor, item in zip((ones, count, check), nodes):
-            self.track(tensor, item, constant=False)
+        ones = self._emit(aten.ones_like.default, out, dtype=torch.int64)
+        check = self._emit(aten.eq.Scalar, self._emit(aten.sum.default, ones), out.numel())
         if guards.add_check(check) is False:
             raise RuntimeError(f"{DATA_DEPENDENT}: {func} makes a shape that depends on data")
+
+    def _emit(self, op: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Runs ``op`` (unrecorded: inside the mode's handler) and records it by hand."""
+        out = op(*args, **kwargs)
+        node = self.graph.call_function(op, tuple(self.arg(a) for a in args), kwargs)
+        self.track(out, node, constant=False)
+        return out
 
     def _output(self, tensor: torch.Tensor, node: Node, constant: bool, detach: bool) -> None:
         if detach:

@@ -362,6 +362,22 @@ def test_indexing_with_a_sampled_integer(backend, as_tuple):
     assert compiled.stats.fallbacks == 0
 
 
+def count_above(data, loc):
+    above = data[data > loc]
+    scale = 1.0 if above.shape[0] > 2 else 3.0  # a shape the data chose, read by Python
+    return (above * scale).sum()
+
+
+@pytest.mark.parametrize("backend", ["aten", "aten-jit"])
+def test_a_shape_the_data_chose_is_guarded(backend):
+    compiled = lazyjit.trace(count_above, backend=backend)
+    data = torch.linspace(-2.0, 2.0, 5)
+    for loc in [0.0, -1.5, 1.5, 0.0, 1.5, -1.5]:
+        loc = torch.tensor(loc)
+        assert_close(compiled(data, loc), count_above(data, loc))
+    assert compiled.stats.guarded == 1 and compiled.stats.fallbacks == 0
+
+
 def test_static_shape_reads_compile():
     def f(x):
         n = int(x.shape[0])  # a shape, part of the cache key: static
