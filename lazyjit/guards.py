@@ -2,7 +2,8 @@
 
 While a backend traces or captures a function (TorchScript's tracer, lazyjit's
 recorder), each conversion of a tensor to a Python value (``bool``, ``int``,
-``float``, ``__index__``, ``.item()``) is sorted into one of three kinds:
+``float``, ``__index__``, ``.item()``, ``.tolist()``, ``.numpy()``) is sorted into one
+of three kinds:
 
 * **static**: the tensor follows from shapes and constants alone, which the cache key
   fixes, or the conversion only decides whether to warn (Pyro's ``warn_if_nan`` and
@@ -10,7 +11,8 @@ recorder), each conversion of a tensor to a Python value (``bool``, ``int``,
 * **guarded**: the tensor depends on the inputs' data. The value is used, the branch it
   selects is traced, and a check that the tensor still has that value becomes one more
   output of the program (:func:`all_hold`). :class:`lazyjit.CompiledFunction` tests it
-  after every call and runs a call whose check fails eagerly, from the same random state.
+  after every call, and runs a call whose check fails again, from the random state it
+  started with, on a program specialized for its values (or eagerly).
 * **refused**: a value read while no guards are collected (``strict=True``): the
   tracer's own complaint stands, and the backend raises ``StructureError``.
 
@@ -18,9 +20,10 @@ Indexing with a 0-dim integer tensor that depends on the data (``locs[i]`` for a
 ``i``) becomes an index op of the graph, as TorchScript's tracer records it, instead of
 a read.
 
-lazyjit's recorder also guards the size of a selection the data made (a boolean mask's),
-which Python code can read without converting a tensor. Reads that bypass all of this
-(``tolist()``) are still refused, and such an entry runs eagerly (``docs/reliability.md``).
+lazyjit's recorder also guards what no conversion sees: a value torch reads in C++
+(``x[(i,)]``), and the size of a selection the data made (a boolean mask's), which Python
+code can read as a shape. What bypasses all of this is refused, and such an entry runs
+eagerly (``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import pyro.util
 import torch
 
-_CONVERSIONS = ("__bool__", "__int__", "__float__", "__index__", "item")
+_CONVERSIONS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy")
 # Pyro's checks whose value only decides whether to warn: the conversion happens in their
 # own frame (`if torch_isnan(value): warnings.warn(...)`).
 _WARN_ONLY = frozenset({pyro.util.warn_if_nan.__code__, pyro.util.warn_if_inf.__code__})
@@ -183,6 +186,19 @@ def _refused(convert: Callable, tensor: torch.Tensor, args: tuple) -> Any:
 
 def _holds(tensor: torch.Tensor, value: Any, conversion: str) -> torch.Tensor:
     """The traced check that ``tensor`` converts to ``value`` again."""
+    if conversion in ("tolist", "numpy"):  # every element: a constant of the trace
+        tracing = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            expected = torch.as_tensor(
+                value if conversion == "tolist" else value.copy(), device=tensor.device
+            ).to(tensor.dtype)
+        finally:
+            torch._C._set_tracing_state(tracing)
+        same = tensor.detach() == expected
+        if tensor.is_floating_point():
+            same = same | (tensor.detach().isnan() & expected.isnan())
+        return same.all()
     t = tensor.detach().reshape(())
     if conversion == "__bool__":
         return t != 0 if value else t == 0

@@ -8,6 +8,7 @@ seconds each, so all but two inductor cases are marked ``slow``.
 import functools
 import warnings
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -304,6 +305,9 @@ def test_capture_does_not_advance_the_random_stream():
     assert after == torch.rand(())
 
 
+NAN = float("nan")
+
+
 # Structure that depends on tensor values.
 def branchy(x):
     if x.sum() > 0:
@@ -376,6 +380,20 @@ def test_a_shape_the_data_chose_is_guarded(backend):
         loc = torch.tensor(loc)
         assert_close(compiled(data, loc), count_above(data, loc))
     assert compiled.stats.guarded == 1 and compiled.stats.fallbacks == 0
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "aten", "aten-jit", "auto"])
+@pytest.mark.parametrize("read", ["tolist", "numpy"])
+def test_whole_tensors_read_as_python_values_are_guarded(backend, read):
+    def fn(x):
+        values = x.tolist() if read == "tolist" else np.asarray(x).tolist()
+        return x * sum(v for v in values if v == v)  # NaN left out
+
+    compiled = lazyjit.trace(fn, backend=backend)
+    for values in [[1.0, 2.0], [1.0, 2.0], [3.0, 2.0], [1.0, 2.0], [NAN, 2.0], [NAN, 2.0]]:
+        x = torch.tensor(values)
+        torch.testing.assert_close(compiled(x), fn(x), equal_nan=True)
+    assert compiled.stats.fallbacks == 0
 
 
 def test_static_shape_reads_compile():
