@@ -271,7 +271,7 @@ def dmm(
     mask = (torch.arange(data.size(1)) < lengths.unsqueeze(1)).float()
     net, z_dim = _dmm_parts()
 
-    def model(x, x_reversed, mask, annealing):
+    def model(x, x_reversed, mask, lengths, annealing):
         pyro.module("dmm", net)
         batch, t_max = x.size(0), x.size(1)
         z = net.z_0.expand(batch, z_dim)
@@ -284,12 +284,12 @@ def dmm(
                 probs = net.emitter(z)
                 pyro.sample(f"x_{t}", dist.Bernoulli(probs).mask(m).to_event(1), obs=x[:, t, :])
 
-    def guide(x, x_reversed, mask, annealing):
+    def guide(x, x_reversed, mask, lengths, annealing):
         pyro.module("dmm", net)
         batch, t_max = x.size(0), x.size(1)
         h_0 = net.h_0.expand(1, batch, net.gru.hidden_size).contiguous()
         hidden, _ = net.gru(x_reversed, h_0)
-        hidden = _reverse(hidden, lengths_box[0])
+        hidden = _reverse(hidden, lengths)
         z = net.z_q_0.expand(batch, z_dim)
         with pyro.plate("sequences", batch):
             for t in pyro.markov(range(t_max)):
@@ -298,16 +298,15 @@ def dmm(
                 with poutine.scale(scale=annealing):
                     z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).mask(m).to_event(1))
 
-    # The guide's un-reversing needs the minibatch's lengths: a list that the loop
-    # updates, as a script's closure over its minibatch would be.
-    lengths_box = [lengths]
+    # The guide's un-reversing needs the minibatch's lengths: an argument, as in Pyro's
+    # example (read from a closure, a compiled guide would keep the first minibatch's).
     if float_annealing:
 
-        def model_kw(x, x_reversed, mask, annealing=1.0):
-            return model(x, x_reversed, mask, annealing)
+        def model_kw(x, x_reversed, mask, lengths, annealing=1.0):
+            return model(x, x_reversed, mask, lengths, annealing)
 
-        def guide_kw(x, x_reversed, mask, annealing=1.0):
-            return guide(x, x_reversed, mask, annealing)
+        def guide_kw(x, x_reversed, mask, lengths, annealing=1.0):
+            return guide(x, x_reversed, mask, lengths, annealing)
 
         svi_model, svi_guide = model_kw, guide_kw
     else:
@@ -329,13 +328,13 @@ def dmm(
             if len(batches[-1]) < batch_size:
                 batches.pop()
         index = batches.pop()
-        lengths_box[0] = lengths[index]
         annealing = 0.2 + 0.8 * min(1.0, (step + 1) / steps)
         normalizer = float(mask[index].sum())
+        batch = (data[index], reversed_data[index], mask[index], lengths[index])
         if float_annealing:
-            loss = svi.step(data[index], reversed_data[index], mask[index], annealing=annealing)
+            loss = svi.step(*batch, annealing=annealing)
         else:
-            loss = svi.step(data[index], reversed_data[index], mask[index], torch.tensor(annealing))
+            loss = svi.step(*batch, torch.tensor(annealing))
         nan_steps += math.isnan(loss)
         losses.append(loss / normalizer)
     return {"loss": _tail_mean(losses), "nan_steps": nan_steps}
