@@ -89,14 +89,20 @@ class Program:
                     inputs[i] = inputs[i].detach().requires_grad_()
             return self.value_and_grad(inputs, wrt)
         outputs = self(*inputs)
-        if targets and outputs[0].requires_grad:
-            grads = _grad(outputs[0], targets)
-        else:
-            grads = [torch.zeros_like(t) for t in targets]
-        return tuple(map(torch.Tensor.detach, outputs)), grads
+        return tuple(map(torch.Tensor.detach, outputs)), gradients(outputs[0], targets)
 
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+
+def gradients(output: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The gradient of a scalar ``output`` w.r.t. each of ``targets``, by autograd: zeros
+    where it does not depend on one (or on none: an output that requires no grad)."""
+    if targets and output.requires_grad:
+        return _grad(output, targets)
+    return [torch.zeros_like(t) for t in targets]
+
+
 # The autograd engine's entry point, as torch.autograd.grad calls it.
 _run_backward = getattr(
     getattr(torch.autograd.Variable, "_execution_engine", None), "run_backward", None
@@ -190,7 +196,7 @@ class TorchScriptBackend(Backend):
                 warnings.catch_warnings(record=True) as caught,
                 guards.watching(_depends_on_data),
                 # Tracing runs the function once: its random draws must not move the stream.
-                _keep_random_stream(inputs),
+                keep_random_stream(inputs),
             ):
                 warnings.simplefilter("always")
                 script = _jit_trace(fn, tuple(inputs), options)
@@ -551,7 +557,7 @@ def script_graph(graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad
         _WARNINGS_LOCK,  # see "auto" below: no compiler thread in catch_warnings
         warnings.catch_warnings(),
         # Tracing runs the graph once: its random draws must not move the stream.
-        _keep_random_stream(inputs),
+        keep_random_stream(inputs),
         torch.set_grad_enabled(grad),
     ):
         # A captured graph reads no tensor value (its capture would have refused), so
@@ -800,7 +806,7 @@ def capture(
         return outputs
 
     try:
-        with validation_enabled(False), _keep_random_stream(inputs), _pyro_sees_a_tracer():
+        with validation_enabled(False), keep_random_stream(inputs), _pyro_sees_a_tracer():
             graph_module = record(traced, inputs, detach_no_grad=replayable)
     except RuntimeError as e:
         if DATA_DEPENDENT in str(e):
@@ -818,14 +824,18 @@ def capture(
     return graph_module, frozenset(custom_autograd)
 
 
+def copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """New tensors with the same values and ``requires_grad``, outside any autograd graph."""
+    return [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
+
+
 def _fresh(flat: Flat, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """``inputs`` for a capture made after a call ran on them: the params as they are (a
     PyroModule reads its own), the call's tensors as copies, so that a cache keyed by
     tensor identity inside the function (a torch Transform's) cannot hand the capture the
     call's results, whose autograd graph is gone."""
     num_params = getattr(flat, "num_params", len(inputs))
-    copies = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs[num_params:]]
-    return [*inputs[:num_params], *copies]
+    return [*inputs[:num_params], *copies(inputs[num_params:])]
 
 
 def _constants(graph_module: GraphModule) -> list[torch.Tensor]:
@@ -843,10 +853,15 @@ def _grad_anywhere(graph_module: GraphModule, inputs: Sequence[torch.Tensor]) ->
     return any(t.requires_grad for t in (*inputs, *_constants(graph_module)))
 
 
-def _keep_random_stream(inputs: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
-    """Restores the CPU generator, and those of the GPUs ``inputs`` live on, on exit."""
-    cuda = sorted({t.device.index or 0 for t in inputs if t.device.type == "cuda"})
-    return torch.random.fork_rng(devices=cuda)
+@contextlib.contextmanager
+def keep_random_stream(tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Restores the CPU generator, and those of the GPUs ``tensors`` live on, on exit:
+    what runs inside draws nothing from the caller's random stream."""
+    restore = guards.rng_snapshot(tensors)
+    try:
+        yield
+    finally:
+        restore()
 
 
 # torch.fx keeps the source of every GraphModule it generates in a process-wide cache
@@ -1125,12 +1140,6 @@ class _CompilerThread:
             self.started += 1
         self._jobs.put((future, job))
         return future
-
-    @property
-    def busy(self) -> bool:
-        """Whether a job is queued or running."""
-        last = self._last
-        return last is not None and not last.done()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Waits until the jobs submitted so far are done (they run in order)."""
@@ -1551,10 +1560,9 @@ class AutoBackend(Backend):
                 stacklevel=_caller_stacklevel(),
             )
             base, tier = Program(fn), "eager"
-        policy = self.policy
         lanes = {
-            "call": Lane("call", tier, policy),
-            "value_and_grad": Lane("value_and_grad", tier, policy),
+            "call": Lane("call", tier, self.policy),
+            "value_and_grad": Lane("value_and_grad", tier, self.policy),
         }
         return TieredProgram(fn, base, lanes)
 

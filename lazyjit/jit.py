@@ -19,7 +19,15 @@ from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
 from . import guards
-from .backends import PYRO_LOCK, Backend, Program, get_backend
+from .backends import (
+    PYRO_LOCK,
+    Backend,
+    Program,
+    copies,
+    get_backend,
+    gradients,
+    keep_random_stream,
+)
 from .capture import announce_params, find_params, pure_function
 from .errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning
 from .signature import CallGuard, LRUCache, rebuild, signature
@@ -42,9 +50,10 @@ class CompileStats:
     ``misses`` counts calls that found no usable entry; ``recompiles`` the subset where
     an entry existed but the params it was built for had changed (a cleared or reloaded
     param store); ``fallbacks`` the entries (with ``"auto"``: the lanes of an entry) that
-    run eagerly because compiling them failed or could not be trusted; ``guarded`` the entries whose program checks the tensor values
-    it branched on (``lazyjit.guards``), and ``guard_failures`` the calls whose check
-    failed and that ran eagerly instead.
+    run eagerly because compiling them failed or could not be trusted; ``guarded`` the
+    entries whose programs check the tensor values they branched on (``lazyjit.guards``),
+    and ``guard_failures`` the calls that ran eagerly because no specialization's checks
+    held.
     """
 
     compilations: int = 0
@@ -110,6 +119,18 @@ class _Entry:
 
     def __post_init__(self) -> None:
         self.programs = [self.program]
+
+    def gradients(self, grads: Sequence[torch.Tensor], num_leaves: int) -> Gradients:
+        """``grads`` (w.r.t. :attr:`wrt`: params, then the leaves that require grad) as
+        :class:`Gradients` of a call with ``num_leaves`` tensor leaves."""
+        num_params = len(self.param_names)
+        if len(self.grad_leaves) == num_leaves:  # every leaf (a potential's inputs), or none
+            leaf_grads: list[torch.Tensor | None] = grads[num_params:]
+        else:
+            leaf_grads = [None] * num_leaves
+            for i, g in zip(self.grad_leaves, grads[num_params:]):
+                leaf_grads[i] = g
+        return Gradients(dict(zip(self.param_names, grads)), leaf_grads, self.key)
 
     def current_params(self) -> list[torch.Tensor] | None:
         """The store's params if they are still the very tensors, constraints and
@@ -295,15 +316,7 @@ class CompiledFunction:
             )
         else:
             outputs, grads = entry.program.value_and_grad(inputs, entry.wrt)
-        num_params = len(params)
-        if len(entry.grad_leaves) == len(leaves):  # every leaf (a potential's inputs), or none
-            leaf_grads: list[torch.Tensor | None] = grads[num_params:]
-        else:
-            leaf_grads = [None] * len(leaves)
-            for i, g in zip(entry.grad_leaves, grads[num_params:]):
-                leaf_grads[i] = g
-        gradients = Gradients(dict(zip(entry.param_names, grads)), leaf_grads, entry.key)
-        return entry.unflatten(outputs), gradients
+        return entry.unflatten(outputs), entry.gradients(grads, len(leaves))
 
     def _run_checked(
         self, entry: _Entry, run: Callable[[Program], tuple[Sequence[torch.Tensor], Any]], inputs
@@ -359,13 +372,7 @@ class CompiledFunction:
         stream), or the eager program once the entry has its fill."""
         if len(entry.programs) < MAX_SPECIALIZATIONS:
             num_params = len(entry.param_names)
-            restore = guards.rng_snapshot(inputs)
-            try:
-                program = self._compile_program(
-                    entry.flat, [*inputs[:num_params], *_copies(inputs[num_params:])]
-                )
-            finally:
-                restore()
+            program = self._compile_on_copies(entry.flat, inputs[:num_params], inputs[num_params:])
             self.stats.compilations += 1
             logger.info("lazyjit: %s is specialized for other values", self._name)
             entry.programs.insert(0, program)  # an eager fallback too: it holds for any value
@@ -457,20 +464,9 @@ class CompiledFunction:
         )
         outputs = flat.flatten(result)
         if grad:
-            targets = [*params, *(leaves[i] for i in grad_leaves)]
-            value = outputs[0]
-            if targets and value.requires_grad:
-                grads = torch.autograd.grad(value, targets, allow_unused=True)
-            else:
-                grads = [None] * len(targets)
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+            grads = gradients(outputs[0], [*params, *(leaves[i] for i in grad_leaves)])
             outputs = [o.detach() for o in outputs]
-        inputs = [*params, *_copies(leaves)]
-        restore = guards.rng_snapshot(leaves)
-        try:
-            program = self._compile_program(flat, inputs)
-        finally:
-            restore()
+        program = self._compile_on_copies(flat, params, leaves)
         seconds = time.perf_counter() - start
         self.compile_time = seconds
         self.stats.compilations += 1
@@ -502,11 +498,15 @@ class CompiledFunction:
         self.stats.evictions += len(self._cache.put(key, entry, idents))
         if not grad:
             return result
-        leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
-        for i, g in zip(grad_leaves, grads[len(params) :]):
-            leaf_grads[i] = g
-        gradients = Gradients(dict(zip(param_names, grads)), leaf_grads, key)
-        return entry.unflatten(outputs), gradients
+        return entry.unflatten(outputs), entry.gradients(grads, len(leaves))
+
+    def _compile_on_copies(
+        self, flat: _Flat, params: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor]
+    ) -> Program:
+        """The backend's program for ``flat``, compiled on copies of the call's tensors
+        (``leaves``) without moving any random stream."""
+        with keep_random_stream(leaves):
+            return self._compile_program(flat, [*params, *copies(leaves)])
 
     def _compile_program(self, flat: _Flat, inputs: list[torch.Tensor]) -> Program:
         # Validation checks call .item(), which would bake one outcome into the program.
@@ -553,10 +553,6 @@ class CompiledFunction:
         return getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
 
 
-def _copies(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
-
-
 def trace(
     fn: Callable | None = None,
     *,
@@ -580,9 +576,10 @@ def trace(
     :param jit_options: keyword arguments for :func:`torch.jit.trace`
         (``check_trace`` defaults to ``False``).
     :param backend: ``"auto"`` (eager first, then the captured graph on TorchScript,
-        inductor in the background once an entry is hot), ``"torchscript"``, ``"eager"`` (plumbing and cache only), ``"aten"``
-        (an aten graph run as FX code), ``"aten-jit"`` (that graph run by
-        TorchScript) or ``"inductor"`` (that graph compiled by inductor), or a
+        inductor in the background once an entry is hot), ``"torchscript"``, ``"eager"``
+        (plumbing and cache only), ``"aten"`` (an aten graph run as FX code),
+        ``"aten-jit"`` (that graph run by TorchScript) or ``"inductor"`` (that graph
+        compiled by inductor), or a
         :class:`lazyjit.backends.Backend` instance (say, an ``AutoBackend`` with another
         ``TierPolicy``); see ``docs/backends.md``.
     :param strict: raise :class:`LazyJitError` instead of falling back to eager when

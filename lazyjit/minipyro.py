@@ -19,7 +19,7 @@ from pyro.contrib.minipyro import PARAM_STORE, block, elbo, param, replay, trace
 from pyro.distributions import validation_enabled
 from torch.distributions import transform_to
 
-from .backends import Backend, Program, get_backend
+from .backends import Backend, Program, get_backend, keep_random_stream
 from .errors import StructureError, StructureWarning
 
 
@@ -88,8 +88,7 @@ class JitTrace_ELBO:
         constants = [None if t else a for a, t in zip(args, is_tensor)]  # keeps no tensor alive
         # Neither finding the params nor compiling may move the random stream: the first
         # compiled call must draw what eager elbo() would.
-        cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
-        with torch.random.fork_rng(devices=cuda):
+        with keep_random_stream(tensors):
             # MiniPyro's own param discovery: creates the params, records their names.
             with block(), trace() as found, block(hide_fn=lambda m: m["type"] != "param"):
                 elbo(model, guide, *args)
