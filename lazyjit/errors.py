@@ -1,4 +1,11 @@
-"""Warning and error classes that lazyjit raises, so users can filter them by class."""
+"""Warning and error classes that lazyjit raises, so users can filter them by class, and
+the one way lazyjit warns."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 
 class LazyJitWarning(UserWarning):
@@ -22,3 +29,24 @@ class StructureError(LazyJitError):
     def __init__(self, message: str, site: str):
         super().__init__(f"{message} (at {site})")
         self.site = site
+
+
+LAZYJIT_DIR = os.path.dirname(__file__) + os.sep
+
+
+def warn_once(
+    warned: set, what: object, message: str, category: type[Warning] = LazyJitWarning
+) -> None:
+    """Warns (a :class:`LazyJitWarning` unless told) at the user's line, the first time
+    ``what`` is seen in ``warned``: a loop of thousands of calls warns once."""
+    if what not in warned:
+        warned.add(what)
+        warnings.warn(message, category, stacklevel=caller_stacklevel())
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside lazyjit."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(LAZYJIT_DIR):
+        frame, level = frame.f_back, level + 1
+    return level

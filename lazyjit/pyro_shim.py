@@ -1,0 +1,42 @@
+"""Every private Pyro name lazyjit reads, in one place: a Pyro upgrade is this file to read.
+
+Checked against Pyro 1.9; an import error here names what moved. (lazyjit's kernels and
+ELBOs also override private methods of the Pyro classes they derive from, as subclasses
+do; ``docs/architecture.md`` lists them.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pyro.infer.mcmc.nuts
+import pyro.infer.trace_elbo
+import pyro.infer.traceenum_elbo
+import pyro.ops.integrator
+import pyro.poutine.runtime
+import torch
+
+TESTED_PYRO = "1.9"
+
+# The process-wide param store and effect-handler stack.
+PARAM_STORE = pyro.poutine.runtime._PYRO_PARAM_STORE
+HANDLER_STACK: list = pyro.poutine.runtime._PYRO_STACK
+# The ELBO pieces lazyjit's Jit ELBOs call as Pyro's do.
+compute_log_r: Callable = pyro.infer.trace_elbo._compute_log_r
+compute_dice_elbo: Callable = pyro.infer.traceenum_elbo._compute_dice_elbo
+# What NUTS's _build_basetree returns, and the integrator's registered error handlers
+# (a singular matrix becomes a NaN energy).
+TreeInfo: type = pyro.infer.mcmc.nuts._TreeInfo
+EXCEPTION_HANDLERS: dict[str, Callable[[Exception], bool]] = pyro.ops.integrator._EXCEPTION_HANDLERS
+
+
+def store_params() -> dict[str, torch.Tensor]:
+    """The param store's ``{name: unconstrained tensor}`` (the live dict, not a copy)."""
+    return PARAM_STORE._params
+
+
+def store_constraints() -> dict[str, Any]:
+    """The param store's ``{name: constraint}`` (the live dict, not a copy)."""
+    return PARAM_STORE._constraints
