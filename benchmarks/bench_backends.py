@@ -25,9 +25,10 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoDiagonalNormal
 
 import lazyjit
-from lazyjit import examples
-from lazyjit.capture import find_params
-from lazyjit.timing import Step, compare, table
+from lazyjit import examples as models
+from lazyjit.bench.report import table
+from lazyjit.bench.timing import Step, compare
+from lazyjit.params import find_params
 
 
 def elbo_loss_of(guide: AutoDiagonalNormal) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -36,7 +37,7 @@ def elbo_loss_of(guide: AutoDiagonalNormal) -> Callable[[torch.Tensor], torch.Te
 
     def elbo_loss(data: torch.Tensor) -> torch.Tensor:
         guide_trace = poutine.trace(guide).get_trace(data)
-        model = poutine.replay(examples.gaussian_model, trace=guide_trace)
+        model = poutine.replay(models.gaussian_model, trace=guide_trace)
         model_trace = poutine.trace(model).get_trace(data)
         return guide_trace.log_prob_sum() - model_trace.log_prob_sum()
 
@@ -50,8 +51,8 @@ def autograd_step(fn: Callable, args: tuple) -> Step:
 
     def step() -> tuple:
         value = fn(*args)
-        params = [pyro.param(name).unconstrained() for name in names]
-        return value.detach(), torch.autograd.grad(value, params)
+        leaves = [pyro.param(name).unconstrained() for name in names]
+        return value.detach(), torch.autograd.grad(value, leaves)
 
     return step
 
@@ -88,12 +89,12 @@ def main() -> None:
 
     pyro.set_rng_seed(0)
     x, y = torch.randn(100), torch.randn(100)
-    data = examples.gaussian_data(100)
-    guide = AutoDiagonalNormal(examples.gaussian_model)
+    data = models.gaussian_data(100)
+    guide = AutoDiagonalNormal(models.gaussian_model)
     guide(data)  # creates its params: every contender starts from the same store
 
     workloads = [
-        ("log-prob example, value and grad (100 points)", examples.scale_log_prob, (x, y)),
+        ("log-prob example, value and grad (100 points)", models.scale_log_prob, (x, y)),
         ("ELBO, gaussian model + AutoDiagonalNormal (100 points)", elbo_loss_of(guide), (data,)),
     ]
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, {args.threads} thread(s)\n")

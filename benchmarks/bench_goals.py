@@ -15,19 +15,22 @@ Sections (each prints its own table, then one table of all goals with PASS/FAIL)
    included, and the steady epoch once every entry runs its inductor code (auto's hot
    rule lowered to 2 calls to get there sooner; steady state does not depend on when).
 4. NUTS, seed Gaussian model and logistic regression (500 warmup + 500 samples; 100 +
-   100 with ``--quick``): wall time of ``MCMC.run``, compilation included. It runs first,
+   100 with ``--quick``): wall time of ``MCMC.run``, compilation included, and the
+   potential-and-gradient evaluations of a run. It runs first,
    and without an inductor contender: auto's leaves move to inductor sooner once inductor
    has started in the process, so this is auto as a fresh process runs it.
 5. Compile time against model size (a chain of 10, 100, 1000 sample sites), per
    backend and for Pyro's jit: the first three potential-and-gradient calls minus three
-   steady ones (``lazyjit.demo.time_grad``: TorchScript profiles a graph in its first call
-   and optimizes it in the second).
+   steady ones (``lazyjit.bench.contenders.time_grad``: TorchScript profiles a graph in
+   its first call and optimizes it in the second).
 
 Sections run in the order 4, 1, 2, 3, 5.
 
-Timings on a small shared machine are noisy: contenders alternate, figures are
-medians, ratios the median of each round's ratio (``lazyjit.timing.paired_ratio``), and
-the load average (``os.getloadavg()``) is printed before and after.
+Every section times with ``lazyjit.bench.timing`` (the loop of ``python -m lazyjit
+bench`` and ``demo``), in this one process. Timings on a small shared machine are noisy:
+contenders alternate, figures are medians, ratios the median of each round's ratio
+(``lazyjit.bench.timing.paired_ratio``), and the load average (``os.getloadavg()``) is
+printed before and after.
 Inductor compiles depend on its on-disk cache; ``--cold-cache`` points it at a fresh
 directory (every compile cold), otherwise the cache is used as found.
 """
@@ -35,7 +38,6 @@ directory (every compile cold), otherwise the cache is used as found.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import tempfile
@@ -46,12 +48,11 @@ from collections.abc import Callable, Iterable
 import pyro
 import torch
 
-import lazyjit
-from lazyjit import examples
+from lazyjit import examples as models
 from lazyjit.backends import wait_for_compiles
-from lazyjit.bench import settle, steady
-from lazyjit.demo import (
+from lazyjit.bench.contenders import (
     FIRST_CALLS,
+    NutsRun,
     fused_svi,
     gaussian_contenders,
     hmm_contenders,
@@ -60,10 +61,10 @@ from lazyjit.demo import (
     nuts_kernels,
     pyro_potential_grad,
     pyro_svi_floor,
-    run_nuts,
     time_grad,
 )
-from lazyjit.timing import Step, compare, paired_ratio, table
+from lazyjit.bench.report import table
+from lazyjit.bench.timing import Step, compare, hot_after, paired_ratio, settle, steady
 
 # (goal, target ratio, measured ratio, what the ratio compares)
 Goal = tuple[str, float, float, str]
@@ -78,7 +79,7 @@ def in_turn(names: Iterable[str], round_: int) -> list[str]:
 
 def svi_section(quick: bool) -> tuple[str, list[Goal]]:
     pyro.clear_param_store()
-    data = examples.gaussian_data(100)
+    data = models.gaussian_data(100)
     warm = 7.0  # seconds: long enough for auto's lanes to reach inductor
     plain = gaussian_contenders(["auto"])
     contenders = {
@@ -102,7 +103,7 @@ def svi_section(quick: bool) -> tuple[str, list[Goal]]:
         "Pyro JitTrace_ELBO",
         "step",
     )
-    rounds = {r.name: r.step_s for r in results}
+    rounds = {r.name: r.rounds_s for r in results}
     base = rounds["Pyro JitTrace_ELBO"]
     floor = paired_ratio(rounds["Pyro SVI + Adam around a precomputed loss"], base)
     text += (
@@ -131,7 +132,7 @@ def first_call_section(rounds: int) -> tuple[str, list[Goal]]:
         pyro.clear_param_store()
         fresh = gaussian_contenders(["auto"])
         order = in_turn(firsts, i)
-        for result in compare({name: fresh[name] for name in order}, steps=1, repeats=1):
+        for result in compare({name: fresh[name] for name in order}, steps=1, repeats=0):
             firsts[result.name].append(result.first_s)
     med = {name: statistics.median(v) for name, v in firsts.items()}
     lines = [
@@ -155,23 +156,17 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
         pyro.clear_param_store()
         fresh = hmm_contenders(["auto"], small=quick)
         order = in_turn([pyro_name, auto_name], i)
+        # The loop waits for the background compiles of each round, untimed.
         for r in compare({name: fresh[name] for name in order}, 1, repeats=1):
-            totals[r.name].append(r.first_s + r.step_s[0])
-        wait_for_compiles()  # what two epochs left compiling must not meet what follows
+            totals[r.name].append(r.first_s + r.rounds_s[0])
     total = {name: statistics.median(v) for name, v in totals.items()}
-
-    auto = lazyjit.BACKENDS["auto"]
-    policy = auto.policy
 
     def epochs(setup: Callable[[], Step], warmup: int) -> Callable[[], Step]:
         def warmed() -> Step:
-            auto.policy = dataclasses.replace(policy, hot_calls=2, switch_calls=0)
-            try:
+            with hot_after(2):
                 epoch = setup()
                 for _ in range(warmup):
                     epoch()
-            finally:
-                auto.policy = policy
             settle(epoch)
             return epoch
 
@@ -194,7 +189,7 @@ def hmm_section(quick: bool) -> tuple[str, list[Goal]]:
         "| --- | ---: | --- | ---: |",
     ]
     med = {r.name: r.median_s for r in results}
-    rounds = {r.name: r.step_s for r in results}
+    rounds = {r.name: r.rounds_s for r in results}
     for name in (pyro_name, auto_name):
         listed = ", ".join(f"{v:.2f}" for v in totals[name])
         lines.append(f"| {name} | {total[name]:.2f} | {listed} | {med[name]:.3f} |")
@@ -220,30 +215,28 @@ def nuts_section(quick: bool) -> tuple[str, list[Goal]]:
     contending = nuts_kernels(["auto", "aten-jit"])
     del contending["Pyro eager"]
     workloads = {
-        "seed Gaussian": (examples.gaussian_model, (examples.gaussian_data(100),)),
-        "logistic regression": (examples.logistic_model, examples.logistic_data()),
+        "seed Gaussian": (models.gaussian_model, (models.gaussian_data(100),)),
+        "logistic regression": (models.logistic_model, models.logistic_data()),
     }
     lines = [
         f"### NUTS, {n} warmup + {n} samples, wall of MCMC.run (compiles included), "
         f"median of {repeats}",
         "",
-        "| workload | contender | wall (s) | leapfrog steps | wall / Pyro jit |",
+        "| workload | contender | wall (s) | gradients | wall / Pyro jit |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     goals = []
     for workload, (model, args) in workloads.items():
-        walls: dict[str, list[float]] = {name: [] for name in contending}
-        steps: dict[str, int] = {}
-        for i in range(repeats):
-            for name in in_turn(contending, i):
-                kernel_factory, _ = contending[name]
-                wall, steps[name] = run_nuts(kernel_factory, model, args, n)
-                walls[name].append(wall)
-                wait_for_compiles()  # a compile the run started must not slow the next
+        runs = {name: NutsRun(kernel, model, args, n) for name, (kernel, _) in contending.items()}
+        # Each call is a whole run from a fresh kernel, the first one too: `repeats` runs.
+        setups = {name: (lambda run=run: run) for name, run in runs.items()}
+        walls = {r.name: [r.first_s, *r.rounds_s] for r in compare(setups, 1, repeats - 1)}
         med = {name: statistics.median(v) for name, v in walls.items()}
-        for name in contending:
+        for name, run in runs.items():
             ratio = paired_ratio(walls[name], walls["Pyro jit"])
-            lines.append(f"| {workload} | {name} | {med[name]:.2f} | {steps[name]} | {ratio:.2f} |")
+            lines.append(
+                f"| {workload} | {name} | {med[name]:.2f} | {run.gradients} | {ratio:.2f} |"
+            )
         goals.append(
             (
                 f"NUTS {workload} (auto)",
@@ -260,7 +253,7 @@ def compile_section(quick: bool) -> tuple[str, list[Goal]]:
     backends = ["Pyro jit", "torchscript", "aten", "aten-jit", "inductor", "auto"]
     seconds: dict[str, dict[int, float]] = {b: {} for b in backends}
     for size in sizes:
-        model = examples.chain_model(size)
+        model = models.chain_model(size)
         for backend in backends:
             if quick and backend == "inductor" and size == 1000:
                 continue

@@ -4,18 +4,22 @@
 
 For the seed Gaussian model (100 points) and logistic regression (1000 points, 5
 features), runs NUTS (500 warmup + 500 samples; 100 + 100 with ``--quick``) from the same
-seed for every contender, contenders alternating, ``--repeats`` times, and prints a
-markdown table of medians; ratios are medians of each repeat's ratio. Contenders: Pyro eager, Pyro ``jit_compile=True``, and lazyjit
+seed for every contender, contenders alternating (``lazyjit.bench.timing``, in this
+process), ``--repeats`` times, and prints a markdown table of medians; ratios are medians
+of each repeat's ratio. Contenders: Pyro eager, Pyro ``jit_compile=True``, and lazyjit
 ``jit_compile=True`` with each of ``--backends`` (default: every registered backend but
 "eager"). Torch runs one intra-op thread (``--threads``) so that other load on a small
 machine does not leave OpenMP threads spinning; all contenders alike.
 
 - wall: the whole ``MCMC.run``, kernel setup and compilation included;
-- steps: leapfrog steps in a run (one potential+gradient evaluation each);
-- wall/step: wall time over steps, i.e. one gradient plus NUTS's own bookkeeping;
-- grad: one potential+gradient evaluation alone, as the integrator asks for it;
+- gradients: potential-and-gradient evaluations in a run (one per leapfrog step, a few
+  more at setup; ``lazyjit.bench.contenders.gradient_evaluations``);
+- wall/gradient: wall time over gradients, i.e. one gradient plus NUTS's own bookkeeping;
+- grad: one potential+gradient evaluation alone, as the integrator asks for it, after
+  the runs;
 - compile: the first three potential+gradient evaluations minus three steady ones
-  (``lazyjit.demo.time_grad``; TorchScript optimizes a graph in its second call).
+  (``lazyjit.bench.contenders.time_grad``; TorchScript optimizes a graph in its second
+  call), after the runs (inductor then finds its on-disk cache warm).
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import pyro
 import torch
 
 import lazyjit
-from lazyjit import examples
-from lazyjit.demo import nuts_kernels, run_nuts, time_grad
-from lazyjit.timing import paired_ratio, spread
+from lazyjit import examples as models
+from lazyjit.bench.contenders import NutsRun, nuts_kernels, time_grad
+from lazyjit.bench.timing import compare, paired_ratio, spread
 
 
 def bench(
@@ -43,35 +47,30 @@ def bench(
     backends: list[str],
 ) -> str:
     contending = nuts_kernels(backends)
-    walls: dict[str, list[float]] = {name: [] for name in contending}
-    grads: dict[str, list[float]] = {name: [] for name in contending}
-    compiles: dict[str, list[float]] = {name: [] for name in contending}
-    steps: dict[str, int] = {}
-    for _ in range(repeats):
-        for name, (kernel_factory, grad_factory) in contending.items():
-            wall, count = run_nuts(kernel_factory, model, args, n)
-            walls[name].append(wall)
-            steps[name] = count
-            with pyro.validation_enabled(False):  # as in MCMC.run
-                compile_s, grad_s = time_grad(grad_factory, model, args, calls=200)
-            grads[name].append(grad_s)
-            compiles[name].append(compile_s)
+    runs = {name: NutsRun(kernel, model, args, n) for name, (kernel, _) in contending.items()}
+    # Each call is a whole run from a fresh kernel, the first one too: `repeats` runs.
+    setups = {name: (lambda run=run: run) for name, run in runs.items()}
+    walls = {r.name: [r.first_s, *r.rounds_s] for r in compare(setups, 1, repeats - 1)}
+    grads, compiles = {}, {}
+    for name, (_, grad_factory) in contending.items():
+        with pyro.validation_enabled(False):  # as in MCMC.run
+            compiles[name], grads[name] = time_grad(grad_factory, model, args, calls=200)
     med = {name: statistics.median(v) for name, v in walls.items()}
-    med_grad = {name: statistics.median(v) for name, v in grads.items()}
     lines = [
         f"### {title}: NUTS {n} warmup + {n} samples, median of {repeats}",
         "",
-        "| contender | wall (s) | spread | steps | wall/step (us) | grad (us) | compile (ms) "
-        "| wall / Pyro jit | grad / Pyro jit |",
+        "| contender | wall (s) | spread | gradients | wall/gradient (us) | grad (us) "
+        "| compile (ms) | wall / Pyro jit | grad / Pyro jit |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in contending:
-        compile_ms = statistics.median(compiles[name]) * 1e3
+    for name, run in runs.items():
+        count = run.gradients or 0
+        per_gradient = f"{med[name] / count * 1e6:.0f}" if count else "-"
         lines.append(
-            f"| {name} | {med[name]:.2f} | {spread(walls[name]):.0%} | {steps[name]} | "
-            f"{med[name] / steps[name] * 1e6:.0f} | {med_grad[name] * 1e6:.0f} | "
-            f"{compile_ms:.0f} | {paired_ratio(walls[name], walls['Pyro jit']):.2f} | "
-            f"{paired_ratio(grads[name], grads['Pyro jit']):.2f} |"
+            f"| {name} | {med[name]:.2f} | {spread(walls[name]):.0%} | {count} | "
+            f"{per_gradient} | {grads[name] * 1e6:.0f} | {compiles[name] * 1e3:.0f} | "
+            f"{paired_ratio(walls[name], walls['Pyro jit']):.2f} | "
+            f"{grads[name] / grads['Pyro jit']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -93,14 +92,14 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     n = 100 if args.quick else 500
     pyro.set_rng_seed(0)
-    gaussian = (examples.gaussian_data(100),)
-    logistic = examples.logistic_data()
+    gaussian = (models.gaussian_data(100),)
+    logistic = models.logistic_data()
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, {args.threads} thread(s)\n")
     title = "Seed Gaussian model (100 points)"
-    print(bench(title, examples.gaussian_model, gaussian, n, args.repeats, backends))
+    print(bench(title, models.gaussian_model, gaussian, n, args.repeats, backends))
     print()
     title = "Logistic regression (1000 points, 5 features)"
-    print(bench(title, examples.logistic_model, logistic, n, args.repeats, backends))
+    print(bench(title, models.logistic_model, logistic, n, args.repeats, backends))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import warnings
 
 import pyro
 
-from lazyjit import examples
-from lazyjit.demo import gaussian_contenders, hmm_contenders, pyro_svi_floor
-from lazyjit.timing import compare, table
+from lazyjit import examples as models
+from lazyjit.bench.contenders import gaussian_contenders, hmm_contenders, pyro_svi_floor
+from lazyjit.bench.report import table
+from lazyjit.bench.timing import compare
 
 
 def main() -> None:
@@ -31,11 +32,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # TorchScript's, from Pyro's jit
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
-    # Many short rounds: each round's ratio is paired (see lazyjit.timing.paired_ratio).
+    # Many short rounds: each round's ratio is paired (see lazyjit.bench.timing.paired_ratio).
     steps, repeats = (30, 5) if args.quick else (100, 15)
     contenders = gaussian_contenders(backends)
     # No drop-in ELBO can make a step cheaper than Pyro's SVI.step around it.
-    data = examples.gaussian_data(100)
+    data = models.gaussian_data(100)
     contenders["Pyro SVI.step around a precomputed loss"] = lambda: pyro_svi_floor(data)
     results = compare(contenders, steps=steps, repeats=repeats)
     print(

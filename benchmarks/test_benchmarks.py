@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import lazyjit
-from lazyjit import examples
-from lazyjit.bench import LAZYJIT_BACKENDS, steady
-from lazyjit.demo import gaussian_contenders, nuts_kernels
+from lazyjit import examples as models
+from lazyjit.bench.contenders import gaussian_contenders, nuts_kernels
+from lazyjit.bench.timing import steady
+from lazyjit.bench.workloads import LAZYJIT_BACKENDS
 
 SVI = ["Pyro JitTrace_ELBO", *(f"lazyjit JitTrace_ELBO ({b})" for b in LAZYJIT_BACKENDS)]
 POTENTIALS = ["Pyro jit", *(f"lazyjit ({b})" for b in LAZYJIT_BACKENDS)]
@@ -62,6 +63,6 @@ def test_nuts_potential_and_grad(benchmark, name):
     NUTS integrator makes it."""
     make = nuts_kernels(LAZYJIT_BACKENDS)[name][1]
     with pyro.validation_enabled(False):  # as in MCMC.run
-        call = make(examples.gaussian_model, (examples.gaussian_data(100),))
+        call = make(models.gaussian_model, (models.gaussian_data(100),))
         call()  # the first call compiles
         benchmark(call)

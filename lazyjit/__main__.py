@@ -1,5 +1,5 @@
 """Command line: ``python -m lazyjit demo [--quick]``, ``python -m lazyjit bench`` and
-``python -m lazyjit programs``."""
+``python -m lazyjit programs`` (the harness is :mod:`lazyjit.bench`)."""
 
 import argparse
 
@@ -9,7 +9,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m lazyjit")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser(
-        "demo", help="eager Pyro, Pyro's jit and lazyjit side by side"
+        "demo", help="eager Pyro, Pyro's jit and lazyjit's default side by side"
     )
     demo_parser.add_argument("--quick", action="store_true", help="fewer steps, for a smoke run")
     bench_parser = commands.add_parser(
@@ -19,12 +19,12 @@ def main() -> None:
         "(when installed) on SVI, the HMM, NUTS and a scaling sweep; see docs/benchmarks.md.",
     )
     bench_parser.add_argument(
-        "--quick", action="store_true", help="a reduced run (under two minutes), for CI smoke use"
+        "--quick", action="store_true", help="a reduced run (a few minutes), for CI smoke use"
     )
     bench_parser.add_argument(
         "--out",
-        help="directory for RESULTS.md, results.json and speedups.png (default: benchmarks/ "
-        "for a full run, a new temporary directory with --quick or --only)",
+        help="directory for RESULTS.md, results.json and speedups.png (default: "
+        "./lazyjit-bench for a full run, a new temporary directory with --quick or --only)",
     )
     bench_parser.add_argument(
         "--only",
@@ -44,28 +44,28 @@ def main() -> None:
     programs_parser.add_argument("--only", help="comma-separated programs (vae, dmm, hmm, ...)")
     programs_parser.add_argument(
         "--out",
-        help="directory for PROGRAMS.md and programs.json (default: benchmarks/ for a full "
-        "run, a new temporary directory with --quick or --only)",
+        help="directory for PROGRAMS.md and programs.json (default: ./lazyjit-programs for "
+        "a full run, a new temporary directory with --quick or --only)",
     )
     args = parser.parse_args()
     if args.command == "programs":
-        from . import programs
+        from .bench import programs
 
         try:
             programs.main(quick=args.quick, only=args.only, out=args.out)
         except ValueError as e:  # an unknown program in --only
             parser.error(str(e))
     elif args.command == "demo":
-        from . import demo
+        from .bench import demo
 
         demo.main(quick=args.quick)
     else:
-        from . import bench
+        from .bench import suite
 
         if args.repeats is not None and args.repeats < 1:
             parser.error("--repeats must be at least 1")
         try:
-            bench.run(quick=args.quick, out=args.out, only=args.only, repeats=args.repeats)
+            suite.run(quick=args.quick, out=args.out, only=args.only, repeats=args.repeats)
         except ValueError as e:  # an unknown workload in --only
             parser.error(str(e))
 

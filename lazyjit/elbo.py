@@ -15,23 +15,26 @@ from typing import Any
 
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer.trace_elbo import Trace_ELBO, _compute_log_r
+from pyro.infer.trace_elbo import Trace_ELBO
 from pyro.infer.trace_mean_field_elbo import TraceMeanField_ELBO
-from pyro.infer.traceenum_elbo import TraceEnum_ELBO, _compute_dice_elbo
+from pyro.infer.traceenum_elbo import TraceEnum_ELBO
 from pyro.infer.tracegraph_elbo import TraceGraph_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import _PYRO_PARAM_STORE
 from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
-from .jit import DEFAULT_CACHE_SIZE, CompiledFunction, Gradients, trace
+from . import pyro_shim
+from .config import DEFAULT_CACHE_SIZE
+from .jit import CompiledFunction, Gradients, trace
 from .signature import signature
 
 
-class _LazyJitELBO:
-    """What the four Jit ELBOs share; each adds ``_surrogate_and_loss``.
+class LazyJitELBO:
+    """What the four Jit ELBOs share: the compiled function :attr:`compiled_fn`, and
+    ``loss``, ``differentiable_loss`` and ``loss_and_grads`` on it. Each ELBO adds
+    ``_surrogate_and_loss``.
 
     ``_surrogate_and_loss(model, guide, args, kwargs)`` returns two scalar tensors: the
     surrogate loss, whose gradient is the ELBO gradient estimate (first, because
@@ -111,7 +114,7 @@ class _NoGradSamples(Messenger):
 
 
 def _accumulate(grads: Gradients, args: tuple, kwargs: dict, retain_graph: bool | None) -> None:
-    store = _PYRO_PARAM_STORE._params
+    store = pyro_shim.store_params()
     for name, grad in grads.params.items():
         param = store[name]
         param.grad = grad if param.grad is None else param.grad + grad
@@ -145,13 +148,13 @@ def _surrogate_elbo_particle(
             surrogate = surrogate - entropy.sum()
         if not is_identically_zero(score_function):
             if log_r is None:
-                log_r = _compute_log_r(model_trace, guide_trace)
+                log_r = pyro_shim.compute_log_r(model_trace, guide_trace)
             downstream = log_r.sum_to(site["cond_indep_stack"])
             surrogate = surrogate + (downstream * score_function).sum()
     return surrogate
 
 
-class JitTrace_ELBO(_LazyJitELBO, Trace_ELBO):
+class JitTrace_ELBO(LazyJitELBO, Trace_ELBO):
     """:class:`~pyro.infer.Trace_ELBO`, compiled lazily by :func:`lazyjit.trace`.
 
     Takes every argument :class:`~pyro.infer.Trace_ELBO` takes, plus:
@@ -180,7 +183,7 @@ class JitTrace_ELBO(_LazyJitELBO, Trace_ELBO):
         return surrogate_loss, loss
 
 
-class JitTraceEnum_ELBO(_LazyJitELBO, TraceEnum_ELBO):
+class JitTraceEnum_ELBO(LazyJitELBO, TraceEnum_ELBO):
     """:class:`~pyro.infer.TraceEnum_ELBO`, compiled lazily by :func:`lazyjit.trace`.
 
     Takes every argument :class:`~pyro.infer.TraceEnum_ELBO` takes, plus ``backend``,
@@ -191,13 +194,13 @@ class JitTraceEnum_ELBO(_LazyJitELBO, TraceEnum_ELBO):
     def _surrogate_and_loss(self, model, guide, args, kwargs):
         elbo = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            elbo = elbo + _compute_dice_elbo(model_trace, guide_trace)
+            elbo = elbo + pyro_shim.compute_dice_elbo(model_trace, guide_trace)
         # The Dice ELBO's value is the ELBO and its gradient the estimator's.
         loss = elbo * (-1.0 / self.num_particles)
         return loss, loss
 
 
-class JitTraceGraph_ELBO(_LazyJitELBO, TraceGraph_ELBO):
+class JitTraceGraph_ELBO(LazyJitELBO, TraceGraph_ELBO):
     """:class:`~pyro.infer.TraceGraph_ELBO`, compiled lazily by :func:`lazyjit.trace`.
 
     Takes every argument :class:`~pyro.infer.TraceGraph_ELBO` takes, plus ``backend``,
@@ -214,7 +217,7 @@ class JitTraceGraph_ELBO(_LazyJitELBO, TraceGraph_ELBO):
         return surrogate_loss, -elbo
 
 
-class JitTraceMeanField_ELBO(_LazyJitELBO, TraceMeanField_ELBO):
+class JitTraceMeanField_ELBO(LazyJitELBO, TraceMeanField_ELBO):
     """:class:`~pyro.infer.TraceMeanField_ELBO`, compiled lazily by :func:`lazyjit.trace`.
 
     Takes every argument :class:`~pyro.infer.TraceMeanField_ELBO` takes, plus

@@ -1,4 +1,5 @@
-"""The seed models of the Pyro JIT tutorial, shared by the demo and the benchmarks."""
+"""The seed models of the Pyro JIT tutorial and their data: the workloads of the demo and
+the benchmarks (:mod:`lazyjit.bench`), and models for the test suite."""
 
 from __future__ import annotations
 

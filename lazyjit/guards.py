@@ -39,6 +39,9 @@ from typing import Any
 import pyro.util
 import torch
 
+from . import torch_shim
+from .patching import Patches, SharedPatch
+
 _CONVERSIONS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy")
 # Pyro's checks whose value only decides whether to warn: the conversion happens in their
 # own frame (`if torch_isnan(value): warnings.warn(...)`).
@@ -49,9 +52,14 @@ _WARN_ONLY = frozenset({pyro.util.warn_if_nan.__code__, pyro.util.warn_if_inf.__
 # own code), `reading` (a guarded or static value is being read: the recorder lets it
 # through).
 _local = threading.local()
-_patch_lock = threading.Lock()
-_patch_users = 0
-_unpatched: dict[str, Any] = {}
+
+
+def _conversion_patches() -> Patches:
+    patches = [(torch.Tensor, name, _sorted(getattr(torch.Tensor, name))) for name in _CONVERSIONS]
+    return [*patches, (torch.Tensor, "__getitem__", _indexing(torch.Tensor.__getitem__))]
+
+
+_conversions_sorted = SharedPatch(_conversion_patches)
 
 
 @contextlib.contextmanager
@@ -59,31 +67,15 @@ def watching(depends: Callable[[torch.Tensor], bool]) -> Iterator[None]:
     """While a trace runs on this thread: sort its value reads with ``depends(tensor)``
     (whether the tensor depends on the trace's input data).
 
-    The conversions are patched process-wide (reference-counted across threads); the
-    patch looks only at the calling thread's state.
+    The conversions are patched process-wide while any thread traces; the patch looks
+    only at the calling thread's state.
     """
-    global _patch_users
-    with _patch_lock:
-        if _patch_users == 0:
-            for name in _CONVERSIONS:
-                _unpatched[name] = torch.Tensor.__dict__.get(name)
-                setattr(torch.Tensor, name, _sorted(getattr(torch.Tensor, name)))
-            _unpatched["__getitem__"] = torch.Tensor.__dict__.get("__getitem__")
-            torch.Tensor.__getitem__ = _indexing(torch.Tensor.__getitem__)
-        _patch_users += 1
     outer, _local.depends = getattr(_local, "depends", None), depends
     try:
-        yield
+        with _conversions_sorted():
+            yield
     finally:
         _local.depends = outer
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0:
-                for name, method in _unpatched.items():
-                    if method is None:
-                        delattr(torch.Tensor, name)  # uncovers torch._C.TensorBase's
-                    else:
-                        setattr(torch.Tensor, name, method)
 
 
 @contextlib.contextmanager
@@ -162,7 +154,7 @@ def _indexing(getitem: Callable) -> Callable:
 def _read(convert: Callable, tensor: torch.Tensor, args: tuple) -> Any:
     _local.reading = True
     try:
-        if torch._C._get_tracing_state() is None:
+        if torch_shim.get_tracing_state() is None:
             return convert(tensor, *args)
         with warnings.catch_warnings():  # TorchScript's TracerWarning: covered here
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -174,7 +166,7 @@ def _read(convert: Callable, tensor: torch.Tensor, args: tuple) -> Any:
 def _refused(convert: Callable, tensor: torch.Tensor, args: tuple) -> Any:
     """The conversion with the tracer's complaint re-issued at the line that converted,
     under that line's filters (so that ``ignore_jit_warnings()`` still silences it)."""
-    if torch._C._get_tracing_state() is None:
+    if torch_shim.get_tracing_state() is None:
         return convert(tensor, *args)  # the recorder raises
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -187,14 +179,10 @@ def _refused(convert: Callable, tensor: torch.Tensor, args: tuple) -> Any:
 def _holds(tensor: torch.Tensor, value: Any, conversion: str) -> torch.Tensor:
     """The traced check that ``tensor`` converts to ``value`` again."""
     if conversion in ("tolist", "numpy"):  # every element: a constant of the trace
-        tracing = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
-        try:
+        with torch_shim.untraced():
             expected = torch.as_tensor(
                 value if conversion == "tolist" else value.copy(), device=tensor.device
             ).to(tensor.dtype)
-        finally:
-            torch._C._set_tracing_state(tracing)
         same = tensor.detach() == expected
         if tensor.is_floating_point():
             same = same | (tensor.detach().isnan() & expected.isnan())
@@ -207,18 +195,3 @@ def _holds(tensor: torch.Tensor, value: Any, conversion: str) -> torch.Tensor:
     if value != value:  # NaN
         return torch.isnan(t)
     return t == value
-
-
-def rng_snapshot(tensors: Sequence[torch.Tensor]) -> Callable[[], None]:
-    """A function that puts the CPU generator, and those of the GPUs ``tensors`` live
-    on, back to their present state (for a call that must be run again)."""
-    cpu = torch.get_rng_state()
-    gpus = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
-    states = [(d, torch.cuda.get_rng_state(d)) for d in gpus]
-
-    def restore() -> None:
-        torch.set_rng_state(cpu)
-        for device, state in states:
-            torch.cuda.set_rng_state(state, device)
-
-    return restore

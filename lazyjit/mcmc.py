@@ -1,307 +1,43 @@
 """HMC and NUTS whose potential energy and its gradient come from one compiled call.
 
-Pyro's integrator asks for the potential energy and its gradient at every leapfrog step
-through :func:`pyro.ops.integrator.potential_grad`. With ``jit_compile=True``,
-:class:`HMC` and :class:`NUTS` answer that call with
-:meth:`CompiledPotential.value_and_grad`, which is
-:meth:`lazyjit.CompiledFunction.value_and_grad` on the potential: the backend decides
-how the gradient is computed (TorchScript runs autograd over the compiled program; a
-graph-capture backend returns it from inside its graph). On the graph-compiling
-backends, :class:`NUTS` compiles each whole tree leaf instead (:class:`CompiledLeaf`).
-See ``docs/mcmc.md``.
+With ``jit_compile=True``, :class:`HMC` and :class:`NUTS` compile their potential energy
+(``lazyjit.potential``) and answer each of Pyro's ``potential_grad`` calls with
+:meth:`lazyjit.CompiledPotential.value_and_grad`: the backend decides how the gradient is
+computed (TorchScript runs autograd over the compiled program; a graph-capture backend
+returns it from inside its graph). On backends that compile a captured graph
+(``Backend.compiles_graph``), :class:`NUTS` compiles each whole tree leaf instead
+(:class:`CompiledLeaf`). See ``docs/mcmc.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pyro.infer.mcmc.hmc
 import pyro.infer.mcmc.nuts
-import pyro.ops.integrator
-import pyro.poutine as poutine
 import torch
-from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro.infer.mcmc.adaptation import BlockMassMatrix
-from pyro.infer.mcmc.nuts import _TreeInfo
-from pyro.infer.mcmc.util import initialize_model
-from pyro.ops.integrator import _EXCEPTION_HANDLERS, velocity_verlet
-from torch.distributions import Transform
+from pyro.ops.integrator import velocity_verlet
 
-from .backends import AutoBackend, Backend, get_backend
+from .backends import AutoBackend, EagerBackend, get_backend
 from .jit import CompiledFunction
+from .potential import CompiledPotential, Potential, compiled_gradients, potential_fn
+from .pyro_shim import EXCEPTION_HANDLERS, TreeInfo
 
-# A potential energy function: {site name: unconstrained value} -> scalar energy.
-Potential = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-
-__all__ = ["HMC", "NUTS", "CompiledLeaf", "CompiledPotential", "ModelPotential", "potential_fn"]
-
-
-class _AttachGradient(torch.autograd.Function):
-    """Returns ``energy`` wired to ``inputs`` so that autograd yields precomputed ``grads``.
-
-    This lets code that differentiates the potential itself (Pyro's own
-    ``potential_grad``, ``HMC``/``NUTS`` kernels, user code) get the gradient that the
-    compiled call already computed, instead of needing autograd through the program.
-    The precomputed gradient has no graph of its own, so a second derivative would be
-    silently zero: ``create_graph=True`` is refused instead.
-    """
-
-    @staticmethod
-    def forward(ctx, energy: torch.Tensor, grads: tuple, *inputs: torch.Tensor) -> torch.Tensor:
-        ctx.grads = grads
-        return energy.clone()
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple:
-        if torch.is_grad_enabled():  # backward runs with grad mode on only for create_graph
-            raise RuntimeError(
-                "lazyjit's compiled potential gives first derivatives only; evaluate "
-                "CompiledPotential.fn (the eager potential) for higher derivatives"
-            )
-        return (None, None, *(grad_output * g for g in ctx.grads))
-
-
-class CompiledPotential:
-    """A potential energy function of a dict of unconstrained values, compiled lazily.
-
-    ``fn(z)`` must return the scalar potential energy for ``z = {site name: tensor}``.
-    The dict is passed to :class:`lazyjit.CompiledFunction` as its argument, so its
-    tensors are the program's inputs and its names, shapes and dtypes select the
-    compiled entry; everything ``fn`` closes over (data, transforms) is baked into the
-    program. Pickling drops the compiled programs: each process compiles on first use.
-
-    :param fn: the eager potential energy function.
-    :param backend: a :data:`lazyjit.BACKENDS` name.
-    :param jit_options: keyword arguments for :func:`torch.jit.trace`.
-    :param ignore_jit_warnings: hide TorchScript's ``TracerWarning``\\ s (the guard
-        against structure that depends on tensor values stays on).
-    :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly when
-        the potential cannot be compiled faithfully.
-    """
-
-    def __init__(
-        self,
-        fn: Potential,
-        *,
-        backend: str = "auto",
-        jit_options: dict | None = None,
-        ignore_jit_warnings: bool = False,
-        strict: bool = False,
-    ):
-        self.fn = fn
-        self.compiled = CompiledFunction(
-            fn, ignore_jit_warnings, jit_options, backend, strict=strict
-        )
-
-    def value_and_grad(
-        self, z: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The potential energy at ``z`` (detached) and its gradient ``{name: tensor}``."""
-        # Fresh leaves that require grad: the entry is compiled for (and the gradient is
-        # taken w.r.t.) exactly these inputs, whatever the caller's tensors are.
-        inputs = {name: value.detach().requires_grad_() for name, value in z.items()}
-        energy, grads = self.compiled.value_and_grad(inputs)
-        # The call's only tensors are the dict's values, in its order.
-        return energy, dict(zip(inputs, grads.leaves))
-
-    def __call__(self, z: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The potential energy at ``z``.
-
-        When autograd records and ``z`` requires grad, the result is differentiable
-        w.r.t. ``z`` (first order only) with the gradient from :meth:`value_and_grad`.
-        """
-        if not z:
-            return self.fn(z)
-        # Even a plain evaluation goes through value_and_grad: one compiled entry serves
-        # both, and HMC/NUTS evaluate without the gradient only a few times per run.
-        energy, grads = self.value_and_grad(z)
-        if torch.is_grad_enabled() and any(v.requires_grad for v in z.values()):
-            return _AttachGradient.apply(energy, tuple(grads[k] for k in z), *z.values())
-        return energy
-
-
-class ModelPotential(CompiledPotential):
-    """The compiled potential energy of a Pyro model, with what HMC/NUTS need to start.
-
-    Returned by :func:`potential_fn`. The potential is exactly Pyro's
-    (``pyro.infer.mcmc.util.initialize_model``): minus the log joint density of the
-    model in unconstrained space, including the log-Jacobian of each transform and
-    enumerated discrete sites summed out.
-
-    :ivar transforms: ``{site name: transform}`` from each site's support to the
-        unconstrained space (``transforms[name].inv`` maps a sample back).
-    :ivar initial_params: ``{site name: unconstrained tensor}`` where the potential and
-        its gradient are finite; with ``num_chains > 1`` each has a leading chain dim.
-    :ivar prototype_trace: a trace of the model, as Pyro's kernels keep it.
-    """
-
-    def __init__(
-        self,
-        fn: Potential,
-        transforms: dict[str, Transform],
-        initial_params: dict[str, torch.Tensor],
-        prototype_trace: poutine.Trace,
-        **options: Any,
-    ):
-        super().__init__(fn, **options)
-        self.transforms = transforms
-        self.initial_params = initial_params
-        self.prototype_trace = prototype_trace
-
-
-def potential_fn(
-    model: Callable,
-    model_args: tuple = (),
-    model_kwargs: dict | None = None,
-    *,
-    backend: str = "auto",
-    transforms: dict[str, Transform] | None = None,
-    max_plate_nesting: int | None = None,
-    jit_options: dict | None = None,
-    ignore_jit_warnings: bool = False,
-    strict: bool = False,
-    init_strategy: Callable = init_to_uniform,
-    initial_params: dict[str, torch.Tensor] | None = None,
-    num_chains: int = 1,
-) -> ModelPotential:
-    """Builds the compiled potential energy of ``model(*model_args, **model_kwargs)``.
-
-    For users who pass ``potential_fn=`` to HMC/NUTS themselves or evaluate the
-    potential directly::
-
-        pe = lazyjit.potential_fn(model, (data,))
-        kernel = lazyjit.NUTS(potential_fn=pe)
-        mcmc = MCMC(kernel, 500, initial_params=pe.initial_params, transforms=pe.transforms)
-
-    Nothing is compiled until the potential is first evaluated. The arguments other than
-    ``backend``, ``strict`` and the jit ones are those of Pyro's ``initialize_model``.
-
-    :raises ValueError: if a latent site is discrete and cannot be enumerated (HMC/NUTS
-        need every non-enumerated latent to be continuous), or Pyro finds no initial
-        point with a finite potential and gradient.
-    """
-    get_backend(backend)  # fail on a typo now, not at the first leapfrog step
-    model_kwargs = {} if model_kwargs is None else model_kwargs
-    try:
-        init_params, eager_potential, transforms, trace = initialize_model(
-            model,
-            model_args,
-            model_kwargs,
-            transforms=transforms,
-            max_plate_nesting=max_plate_nesting,
-            num_chains=num_chains,
-            init_strategy=init_strategy,
-            initial_params=initial_params,
-        )
-    except NotImplementedError as e:
-        # Pyro treats a latent without enumerate support as continuous and only fails
-        # when it finds no bijection to its support; name the site instead.
-        _check_no_discrete_latents(model, model_args, model_kwargs, e)
-        raise
-    return ModelPotential(
-        eager_potential,
-        transforms,
-        init_params,
-        trace,
-        backend=backend,
-        jit_options=jit_options,
-        ignore_jit_warnings=ignore_jit_warnings,
-        strict=strict,
-    )
-
-
-def _check_no_discrete_latents(
-    model: Callable, model_args: tuple, model_kwargs: dict, cause: Exception
-) -> None:
-    with poutine.block():
-        trace = poutine.trace(model).get_trace(*model_args, **model_kwargs)
-    for name, site in trace.iter_stochastic_nodes():
-        fn = site["fn"]
-        if getattr(fn.support, "is_discrete", False) and not fn.has_enumerate_support:
-            raise ValueError(
-                f"HMC/NUTS cannot sample the discrete latent site {name!r} "
-                f"({type(fn).__name__}): its support is not enumerable, so it can be neither "
-                "integrated over nor given a gradient. Marginalize it out in the model, "
-                "or sample it with a different (e.g. Gibbs or discrete) kernel."
-            ) from cause
-
-
-# --------------------------------------------------------------------------------------
-# The hook: where Pyro's integrator gets the potential energy and its gradient.
-#
-# Pyro's kernels call the module global ``potential_grad(potential_fn, z)`` in three
-# modules: ``pyro.ops.integrator`` (every leapfrog step of ``velocity_verlet``),
-# ``pyro.infer.mcmc.hmc`` (``HMC.setup``/``HMC.sample``) and ``pyro.infer.mcmc.nuts``
-# (``NUTS.sample``). Overriding them in our subclasses would mean copying the trajectory
-# code, so while one of our kernels runs ``setup`` or ``sample`` the name is pointed at
-# ``_potential_grad``, which sends a :class:`CompiledPotential` to its
-# ``value_and_grad`` and anything else to Pyro's function; the originals come back when
-# the last such call returns. The hook only saves work: without it Pyro's
-# ``potential_grad`` still gets the same gradient through ``CompiledPotential.__call__``.
-# --------------------------------------------------------------------------------------
-
-_HOOKED_MODULES = (pyro.ops.integrator, pyro.infer.mcmc.hmc, pyro.infer.mcmc.nuts)
-_pyro_potential_grad = pyro.ops.integrator.potential_grad
-_hook_lock = threading.Lock()
-_hook_depth = 0
-_hook_saved: list[Callable] = []
-
-
-def _potential_grad(
-    potential_fn: Callable, z: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Pyro's ``potential_grad`` contract: ``(grads, energy)``, NaN energy and zero
-    grads when a registered handler (e.g. for singular matrices) claims the error."""
-    if not isinstance(potential_fn, CompiledPotential):
-        return _pyro_potential_grad(potential_fn, z)
-    try:
-        energy, grads = potential_fn.value_and_grad(z)
-    except Exception as e:
-        if any(handler(e) for handler in _EXCEPTION_HANDLERS.values()):
-            value = next(iter(z.values()))
-            return {k: v.new_zeros(v.shape) for k, v in z.items()}, value.new_tensor(float("nan"))
-        raise
-    return grads, energy
-
-
-@contextlib.contextmanager
-def _compiled_gradients() -> Iterator[None]:
-    global _hook_depth
-    with _hook_lock:
-        if _hook_depth == 0:
-            _hook_saved[:] = [m.potential_grad for m in _HOOKED_MODULES]
-            for module in _HOOKED_MODULES:
-                module.potential_grad = _potential_grad
-        _hook_depth += 1
-    try:
-        yield
-    finally:
-        with _hook_lock:
-            _hook_depth -= 1
-            if _hook_depth == 0:
-                for module, original in zip(_HOOKED_MODULES, _hook_saved):
-                    module.potential_grad = original
+__all__ = ["HMC", "NUTS", "CompiledLeaf"]
 
 
 # --------------------------------------------------------------------------------------
 # A NUTS tree leaf as one compiled call.
 #
 # Once the potential and its gradient are compiled, most of a leapfrog step is the eager
-# arithmetic around them: the momentum and position updates, the mass matrix products,
-# the kinetic energy and the leaf's weight, a few microseconds an op (measured on the
-# seed Gaussian model: 98 us a leaf with an inductor potential, 47 us as one inductor
-# graph). NUTS builds every leaf with ``_build_basetree``, so :class:`NUTS` compiles that
-# whole method body, Pyro's own functions run inside the capture.
+# arithmetic around them, paid op by op: the momentum and position updates, the mass
+# matrix products, the kinetic energy and the leaf's weight. NUTS builds every leaf with
+# ``_build_basetree``, so :class:`NUTS` compiles that whole method body, Pyro's own
+# functions running inside the capture.
 # --------------------------------------------------------------------------------------
-
-# The backends on which a leaf is compiled: those that compile the captured graph.
-# "torchscript" keeps Pyro's jit's draws; "eager" and "aten" would run the leaf's ops one
-# by one, as Pyro does.
-_LEAF_BACKENDS = frozenset({"aten-jit", "inductor", "auto"})
 
 
 class _Block(BlockMassMatrix):
@@ -385,7 +121,7 @@ class CompiledLeaf:
 
     def _step_tensor(self, step_size: float, dtype: torch.dtype) -> torch.Tensor:
         # A trajectory's leaves share one step size (of either sign): a tensor for each,
-        # not one per leaf (2 us of a leaf's 140).
+        # not a new one per leaf.
         key = (step_size, dtype)
         tensor = self._step_tensors.get(key)
         if tensor is None:
@@ -403,7 +139,7 @@ class CompiledLeaf:
         step_size: float,
         energy_current: torch.Tensor,
         adapter: BlockMassMatrix,
-    ) -> _TreeInfo:
+    ) -> TreeInfo:
         """The leaf one step of ``step_size`` from ``(z, r)``, as ``_build_basetree``
         returns it."""
         z_names, r_names, blocks = self._structure
@@ -424,7 +160,7 @@ class CompiledLeaf:
         grads = dict(zip(z_names, out[2 * n + b : 3 * n + b]))
         potential_energy, tree_weight, diverging, accept_prob = out[3 * n + b :]
         # Pyro's field order: the leaf is its tree's left end, right end and proposal.
-        return _TreeInfo(
+        return TreeInfo(
             z_new,
             r_new,
             r_unscaled,
@@ -448,7 +184,7 @@ class CompiledLeaf:
 def _leaf_auto(auto: AutoBackend) -> AutoBackend:
     # TorchScript's tracer cannot record the gradient inside a leaf, so tier 0 is eager
     # (the leaf's ops one by one, as Pyro runs them); the tiers above are auto's own.
-    return AutoBackend(auto.policy, first=Backend())
+    return auto.replace(first=EagerBackend())
 
 
 def _leaf_structure(kernel: NUTS) -> tuple[tuple, tuple, tuple]:
@@ -511,7 +247,7 @@ class _CompiledPotentialKernel:
 
     def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
         """Pyro's ``setup``; the compiled potential is built here and compiled on first use."""
-        with _compiled_gradients():
+        with compiled_gradients():
             super().setup(warmup_steps, *args, **kwargs)
 
     def _initialize_adapter(self) -> None:
@@ -534,117 +270,96 @@ class _CompiledPotentialKernel:
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pyro's ``sample``, with the potential and gradient from one compiled call."""
-        with _compiled_gradients():
+        with compiled_gradients():
             return super().sample(params)
 
 
 class HMC(_CompiledPotentialKernel, pyro.infer.mcmc.hmc.HMC):
     """:class:`pyro.infer.mcmc.HMC` with a lazily compiled potential energy and gradient.
 
-    The arguments are Pyro's. With ``jit_compile=True`` the potential energy of
-    ``model`` (or ``potential_fn`` itself) is compiled by lazyjit on first use, and each
-    leapfrog step gets the energy and its gradient from
-    :meth:`CompiledPotential.value_and_grad`; with ``jit_compile=False`` it is Pyro's
-    HMC unchanged.
+    Every argument but ``backend`` and ``strict`` is Pyro's and goes to Pyro's ``HMC``
+    unchanged, positional ones in Pyro's order (``model``, ``potential_fn``,
+    ``step_size``, ``trajectory_length``, ``num_steps``, ...). With ``jit_compile=True``
+    the potential energy of ``model`` (or ``potential_fn`` itself) is compiled by lazyjit
+    on first use, and each leapfrog step gets the energy and its gradient from
+    :meth:`lazyjit.CompiledPotential.value_and_grad`; with ``jit_compile=False`` it is
+    Pyro's HMC unchanged.
 
-    :param backend: the lazyjit backend that compiles the potential.
+    Example::
+
+        kernel = lazyjit.HMC(model, step_size=0.1, num_steps=10, jit_compile=True)
+        mcmc = pyro.infer.MCMC(kernel, num_samples=500, warmup_steps=200)
+        mcmc.run(data)
+
+    :param model: Pyro's: the model whose potential energy is sampled.
+    :param potential_fn: Pyro's: a potential energy of ``{site name: tensor}`` instead of
+        a model; wrapped in a :class:`lazyjit.CompiledPotential` when ``jit_compile``.
+    :param args: Pyro's other positional arguments, in Pyro's order.
+    :param backend: the lazyjit backend that compiles the potential, a
+        :data:`lazyjit.BACKENDS` name (an unknown one raises here).
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running the potential
         eagerly when it cannot be compiled faithfully (e.g. it branches on a latent value).
+    :param kwargs: Pyro's other keyword arguments (``jit_compile``, ``full_mass``, ...).
     """
 
     def __init__(
         self,
         model: Callable | None = None,
         potential_fn: Potential | None = None,
-        step_size: float = 1,
-        trajectory_length: float | None = None,
-        num_steps: int | None = None,
-        adapt_step_size: bool = True,
-        adapt_mass_matrix: bool = True,
-        full_mass: bool | list[tuple[str, ...]] = False,
-        transforms: dict[str, Transform] | None = None,
-        max_plate_nesting: int | None = None,
-        jit_compile: bool = False,
-        jit_options: dict | None = None,
-        ignore_jit_warnings: bool = False,
-        target_accept_prob: float = 0.8,
-        init_strategy: Callable = init_to_uniform,
-        *,
-        min_stepsize: float = 1e-10,
-        max_stepsize: float = 1e10,
+        *args: Any,
         backend: str = "auto",
         strict: bool = False,
+        **kwargs: Any,
     ):
-        super().__init__(
-            model,
-            potential_fn,
-            step_size,
-            trajectory_length,
-            num_steps,
-            adapt_step_size,
-            adapt_mass_matrix,
-            full_mass,
-            transforms,
-            max_plate_nesting,
-            jit_compile,
-            jit_options,
-            ignore_jit_warnings,
-            target_accept_prob,
-            init_strategy,
-            min_stepsize=min_stepsize,
-            max_stepsize=max_stepsize,
-        )
+        super().__init__(model, potential_fn, *args, **kwargs)
         self._configure(backend, strict)
 
 
 class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
     """:class:`pyro.infer.mcmc.NUTS` with a lazily compiled potential energy and gradient.
 
-    The arguments are Pyro's; ``backend`` and ``strict`` are those of :class:`HMC`. On the
-    ``"aten-jit"``, ``"inductor"`` and ``"auto"`` backends each tree leaf (a leapfrog step
-    and the leaf's energy, weight and acceptance probability) is one compiled call, a
-    :class:`CompiledLeaf`.
+    Every argument but ``backend`` and ``strict`` is Pyro's and goes to Pyro's ``NUTS``
+    unchanged, positional ones in Pyro's order (``model``, ``potential_fn``,
+    ``step_size``, ``adapt_step_size``, ...); ``backend`` and ``strict`` are those of
+    :class:`HMC`. On a backend that compiles a captured graph
+    (``Backend.compiles_graph``: ``"aten-jit"``, ``"inductor"``, ``"auto"``) each tree
+    leaf (a leapfrog step and the leaf's energy, weight and acceptance probability) is
+    one compiled call, a :class:`CompiledLeaf`.
+
+    Example::
+
+        kernel = lazyjit.NUTS(model, jit_compile=True, max_tree_depth=8, backend="aten-jit")
+        mcmc = pyro.infer.MCMC(kernel, num_samples=500, warmup_steps=500)
+        mcmc.run(data)
+
+    :param model: Pyro's: the model whose potential energy is sampled.
+    :param potential_fn: Pyro's: a potential energy of ``{site name: tensor}`` instead of
+        a model; wrapped in a :class:`lazyjit.CompiledPotential` when ``jit_compile``.
+    :param args: Pyro's other positional arguments, in Pyro's order.
+    :param backend: the lazyjit backend that compiles the potential and the leaves.
+    :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly what
+        cannot be compiled faithfully.
+    :param kwargs: Pyro's other keyword arguments (``jit_compile``, ``max_tree_depth``, ...).
     """
 
     def __init__(
         self,
         model: Callable | None = None,
         potential_fn: Potential | None = None,
-        step_size: float = 1,
-        adapt_step_size: bool = True,
-        adapt_mass_matrix: bool = True,
-        full_mass: bool | list[tuple[str, ...]] = False,
-        use_multinomial_sampling: bool = True,
-        transforms: dict[str, Transform] | None = None,
-        max_plate_nesting: int | None = None,
-        jit_compile: bool = False,
-        jit_options: dict | None = None,
-        ignore_jit_warnings: bool = False,
-        target_accept_prob: float = 0.8,
-        max_tree_depth: int = 10,
-        init_strategy: Callable = init_to_uniform,
-        *,
+        *args: Any,
         backend: str = "auto",
         strict: bool = False,
+        **kwargs: Any,
     ):
-        super().__init__(
-            model,
-            potential_fn,
-            step_size,
-            adapt_step_size,
-            adapt_mass_matrix,
-            full_mass,
-            use_multinomial_sampling,
-            transforms,
-            max_plate_nesting,
-            jit_compile,
-            jit_options,
-            ignore_jit_warnings,
-            target_accept_prob,
-            max_tree_depth,
-            init_strategy,
-        )
+        super().__init__(model, potential_fn, *args, **kwargs)
         self._configure(backend, strict)
+
+    @property
+    def compiled_leaf(self) -> CompiledLeaf | None:
+        """The :class:`CompiledLeaf` that builds this kernel's tree leaves (``None`` before
+        the first leaf, or where leaves run Pyro's own code): its ``compiled.stats`` count
+        the leaves, one leapfrog step each."""
+        return self._leaf
 
     def _build_basetree(
         self,
@@ -654,7 +369,7 @@ class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
         log_slice: torch.Tensor,
         direction: int,
         energy_current: torch.Tensor,
-    ) -> _TreeInfo:
+    ) -> TreeInfo:
         leaf = self._compiled_leaf()
         if leaf is None:
             return super()._build_basetree(z, r, z_grads, log_slice, direction, energy_current)
@@ -666,7 +381,7 @@ class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
         except Exception as e:
             # Pyro's path turns an error that a registered handler claims (a singular
             # matrix) into a NaN energy; the leaf has no random draw to repeat.
-            if any(handler(e) for handler in _EXCEPTION_HANDLERS.values()):
+            if any(handler(e) for handler in EXCEPTION_HANDLERS.values()):
                 return super()._build_basetree(z, r, z_grads, log_slice, direction, energy_current)
             raise
 
@@ -674,7 +389,9 @@ class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
         potential = self.potential_fn
         if not (
             isinstance(potential, CompiledPotential)
-            and potential.compiled.backend.name in _LEAF_BACKENDS
+            # Elsewhere the leaf's ops would run one by one, as Pyro runs them, or (on
+            # TorchScript) the leaf would not keep Pyro's jit's draws.
+            and potential.compiled.backend.compiles_graph
             # A potential that runs eagerly (its structure reads a value) has no graph.
             and not potential.compiled.stats.fallbacks
             and type(self.mass_matrix_adapter) is BlockMassMatrix

@@ -19,8 +19,9 @@ from pyro.contrib.minipyro import PARAM_STORE, block, elbo, param, replay, trace
 from pyro.distributions import validation_enabled
 from torch.distributions import transform_to
 
-from .backends import Backend, Program, get_backend, keep_random_stream
+from .backends import Backend, Program, get_backend
 from .errors import StructureError, StructureWarning
+from .tensors import keep_random_stream
 
 
 class JitTrace_ELBO:

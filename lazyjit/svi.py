@@ -4,7 +4,7 @@
 ``torch.optim.Adam`` per param, about 130 us a step for two params. :class:`SVI` captures
 one function per call signature that computes the loss, its gradients (inside the graph)
 and the Adam update of every param, runs it as FX code at once and as inductor's code as
-soon as the background compile is done (see :class:`lazyjit.backends.TieredProgram`).
+the tiers of the ``"auto"`` backend say (see :mod:`lazyjit.backends.tiers`).
 """
 
 from __future__ import annotations
@@ -20,19 +20,13 @@ import torch
 from pyro.optim import PyroOptim
 from pyro.optim.clipped_adam import ClippedAdam
 
-from .backends import (
-    BACKENDS,
-    Lane,
-    Program,
-    TieredProgram,
-    TierPolicy,
-    _value_and_grad_of,
-    capture,
-)
-from .elbo import _LazyJitELBO
+from . import torch_shim
+from .backends import AutoBackend, TieredProgram, get_backend
+from .elbo import LazyJitELBO
+from .entry import Entry
 from .errors import LazyJitError, LazyJitWarning
+from .graph.capture import capture, value_and_grad_of
 from .jit import CompiledFunction
-from .signature import signature
 
 # What each supported optimizer must not be asked for (the graph does not implement it).
 _UNSUPPORTED = {
@@ -66,10 +60,16 @@ class SVI(pyro.infer.SVI):
     Steps that a fused graph cannot serve run as ``pyro.infer.SVI`` steps with the
     compiled loss: when a tensor argument requires grad (its gradient flows back as with
     Pyro), and, with a one-time :class:`LazyJitWarning`, when capturing the step fails.
+
+    Example::
+
+        svi = lazyjit.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), lazyjit.JitTrace_ELBO())
+        for step in range(2000):
+            svi.step(data)
     """
 
     def __init__(self, model: Callable, guide: Callable, optim: PyroOptim, loss: Any, **kwargs):
-        if not isinstance(loss, _LazyJitELBO):
+        if not isinstance(loss, LazyJitELBO):
             raise LazyJitError(
                 f"lazyjit.SVI needs a lazyjit Jit ELBO as its loss (lazyjit.JitTrace_ELBO, ...), "
                 f"got {type(loss).__name__}; use pyro.infer.SVI for other losses"
@@ -89,19 +89,21 @@ class SVI(pyro.infer.SVI):
         super().__init__(model, guide, optim, loss, **kwargs)
         # The first step of a signature runs the eager ELBO: it creates params and draws
         # random numbers exactly as pyro.infer.SVI with that ELBO would.
-        self._eager_loss_and_grads = super(_LazyJitELBO, loss).loss_and_grads
+        self._eager_loss_and_grads = super(LazyJitELBO, loss).loss_and_grads
         # Entries (the loss as a pure function of params and tensors) for each signature;
         # nothing is compiled there, the fused graphs are built below.
         self._entries = CompiledFunction(
-            loss.compiled_fn.fn, backend="eager", cache_size=loss.compiled_fn._cache.max_size
+            loss.compiled_fn.fn, backend="eager", cache_size=loss.compiled_fn.cache_size
         )
+        # The fused steps follow the tiers of the loss's backend where it has tiers.
+        backend = loss.compiled_fn.backend
+        self._auto = backend if isinstance(backend, AutoBackend) else get_backend("auto")
         self._steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned = False
 
     def step(self, *args: Any, **kwargs: Any) -> float:
         """One SVI step: returns the loss estimate and updates every param in place."""
-        key, leaves, idents = signature((self.model, self.guide, *args), kwargs)
-        hit = self._entries._hit(key)
+        hit = self._entries.lookup(self.model, self.guide, *args, **kwargs)
         if hit is None:
             compiled, self.loss_and_grads = self.loss_and_grads, self._eager_loss_and_grads
             try:
@@ -111,9 +113,9 @@ class SVI(pyro.infer.SVI):
             # Compiling runs the loss: it must not consume the random stream that the
             # next step draws from, as eager Pyro would.
             with torch.random.fork_rng():
-                self._entries._entry((self.model, self.guide, *args), kwargs, grad=True)
+                self._entries.value_and_grad(self.model, self.guide, *args, **kwargs)
             return loss
-        entry, params = hit
+        entry, params, leaves = hit
         fused = self._steps.get(entry)
         if fused is None:
             fused = self._steps[entry] = self._build(entry, params, leaves)
@@ -126,13 +128,13 @@ class SVI(pyro.infer.SVI):
         """Waits for the background compiles of the fused steps; whether they are done."""
         return all(s.program.wait(timeout) for s in self._steps.values() if s)
 
-    def _build(self, entry: Any, params: list[torch.Tensor], leaves: list) -> _FusedStep | bool:
+    def _build(self, entry: Entry, params: list[torch.Tensor], leaves: list) -> _FusedStep | bool:
         if entry.grad_leaves:
             return False  # documented: Pyro's step, whose backward reaches the arguments
         hyper = [self._hyper(p) for p in params]  # raises on unsupported options
         try:
             with torch.random.fork_rng():
-                return _FusedStep(entry, params, leaves, hyper, self.optim)
+                return _FusedStep(entry, params, leaves, hyper, self.optim, self._auto)
         except Exception as e:  # noqa: BLE001 - Pyro's step computes the same thing
             if not self._warned:
                 self._warned = True
@@ -178,11 +180,12 @@ class _FusedStep:
 
     def __init__(
         self,
-        entry: Any,
+        entry: Entry,
         params: list[torch.Tensor],
         leaves: list,
         hyper: list[dict[str, float]],
         optim: PyroOptim,
+        auto: AutoBackend,
     ):
         states = [_adam_state(optim.optim_objs[p], p) for p in params]
         self.state = [
@@ -195,19 +198,13 @@ class _FusedStep:
         flat = _fused(entry, update, hyper)
         with torch.enable_grad():  # the gradients are taken inside the graph
             graph_module, _ = capture(flat, [*params, *leaves, *self.state])
-        # FX code at once; inductor compiles the graph in the background from the first
-        # call, and the step switches to it as auto's policy says.
-        switch_calls = BACKENDS["auto"].policy.switch_calls
-        lane = Lane("call", "aten", TierPolicy(math.inf, 1, switch_calls))
-        lane.graph_module = graph_module
-        never = Lane("value_and_grad", "aten", TierPolicy(math.inf, math.inf, None))
-        self.program = TieredProgram(
-            flat, Program(graph_module.forward), {"call": lane, "value_and_grad": never}
-        )
+        # The step is hot from its first call: it only exists for a signature that
+        # repeats. Inductor compiles it then, and the step switches as auto's policy says.
+        self.program = TieredProgram.of_graph(flat, graph_module, auto.policy.replace(hot_calls=1))
 
     def step(self, params: list[torch.Tensor], leaves: list) -> float:
         outputs = self.program(*params, *leaves, *self.state)
-        torch._foreach_copy_([*params, *self.state], list(outputs[1:]))
+        torch_shim.foreach_copy_([*params, *self.state], list(outputs[1:]))
         return outputs[0].item()
 
 
@@ -225,12 +222,12 @@ def _adam_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
 
 
 def _fused(
-    entry: Any, update: Callable[..., tuple[torch.Tensor, ...]], hyper: list[dict[str, float]]
+    entry: Entry, update: Callable[..., tuple[torch.Tensor, ...]], hyper: list[dict[str, float]]
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
     """The pure function a fused step runs: the loss and its gradients (one
     value-and-grad computation, as the graph backends capture it), then ``update`` of
     each param. Outputs: the loss, then new params, steps, first and second moments."""
-    value_and_grad = _value_and_grad_of(entry.flat, entry.wrt)
+    value_and_grad = value_and_grad_of(entry.flat, entry.wrt)
     num = len(entry.param_names)
 
     def fused(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

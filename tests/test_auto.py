@@ -18,6 +18,8 @@ from pyro.infer.autoguide import AutoDiagonalNormal
 
 import lazyjit
 import lazyjit.backends
+import lazyjit.backends.tiers
+import lazyjit.config
 from lazyjit import LazyJitWarning, StructureWarning
 from lazyjit.backends import TieredProgram, TierPolicy, wait_for_compiles
 from lazyjit.examples import gaussian_data, gaussian_model, scale_log_prob
@@ -59,7 +61,7 @@ def fx_for_inductor(monkeypatch):
         compiled.append(grad)
         return graph_module.forward
 
-    monkeypatch.setattr(lazyjit.backends, "inductor_compile", compile_as_fx)
+    monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", compile_as_fx)
     return compiled
 
 
@@ -72,7 +74,7 @@ def held_inductor(monkeypatch):
         assert release.wait(timeout=60)
         return graph_module.forward
 
-    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
+    monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", slow_compile)
     yield release
     release.set()
 
@@ -194,7 +196,7 @@ def test_a_late_compile_is_waited_for(policy, monkeypatch):
         release.wait(timeout=60)
         return graph_module.forward
 
-    monkeypatch.setattr(lazyjit.backends, "inductor_compile", slow_compile)
+    monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", slow_compile)
     policy(hot=1, switch=1)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)
@@ -280,7 +282,7 @@ def test_runs_the_graph_on_torchscript_while_inductor_compiles(
     monkeypatch, policy, held_inductor, max_nodes, meanwhile
 ):
     # A graph too big to trace on the caller's thread runs as FX code instead.
-    monkeypatch.setattr(lazyjit.backends, "_SCRIPT_MAX_NODES", max_nodes)
+    monkeypatch.setattr(lazyjit.config, "AUTO_SCRIPT_MAX_NODES", max_nodes)
     policy(hot=2, switch=None)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)
@@ -300,7 +302,7 @@ def test_failed_inductor_compile_falls_back_one_tier_with_one_warning(monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(lazyjit.backends, "inductor_compile", broken)
+    monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", broken)
     hot_after(1)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)
@@ -320,7 +322,7 @@ def test_failed_capture_stays_eager(monkeypatch, policy):
     def broken(*args, **kwargs):
         raise RuntimeError("no capture today")
 
-    monkeypatch.setattr(lazyjit.backends, "capture_value_and_grad", broken)
+    monkeypatch.setattr(lazyjit.backends.tiers, "capture_value_and_grad", broken)
     policy(warm=1, hot=3)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)

@@ -20,6 +20,8 @@ from test_trace import Regression  # params a module reads from itself
 from torch.distributions import constraints
 
 import lazyjit
+import lazyjit.backends.aten_jit
+import lazyjit.graph.capture
 from lazyjit import LazyJitError, LazyJitWarning, examples
 from lazyjit.backends import GraphProgram
 from lazyjit.examples import gaussian_data, gaussian_model, scale_log_prob
@@ -496,7 +498,7 @@ def test_failed_gradient_capture_uses_autograd(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no capture today")
 
-    monkeypatch.setattr(lazyjit.backends, "_value_and_grad_of", broken)
+    monkeypatch.setattr(lazyjit.graph.capture, "value_and_grad_of", broken)
     with pytest.warns(LazyJitWarning, match="no capture today"):
         value, grads = compiled.value_and_grad(x, y)
     expected, expected_grads = eager_value_and_grads(scale_log_prob, ["scale"], x, y)
@@ -514,7 +516,7 @@ def test_failed_graph_compile_runs_fx_code(monkeypatch, backend):
     if backend == "inductor":
         monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", broken)
     else:  # TorchScript's tracer
-        monkeypatch.setattr(lazyjit.backends, "_jit_trace", broken)
+        monkeypatch.setattr(lazyjit.backends.aten_jit, "jit_trace", broken)
     compiled = lazyjit.trace(scale_log_prob, backend=backend)
     x, y = torch.randn(5), torch.randn(5)
     with pytest.warns(LazyJitWarning, match="failed to compile .* no compiler today"):
@@ -543,7 +545,8 @@ def test_captured_graphs_are_traced_without_value_names(monkeypatch):
 def test_traced_graphs_take_number_operands_as_tensors_of_their_dtype():
     """TorchScript keeps a Python number operand as a double tensor, converted at every
     call; a tensor of the other operand's dtype gives the same bits without the copy."""
-    from lazyjit.backends import capture, script_graph
+    from lazyjit.backends.aten_jit import script_graph
+    from lazyjit.graph.capture import capture
 
     def fn(x, n):
         aten = torch.ops.aten

@@ -1,5 +1,6 @@
-"""The benchmark harness (``python -m lazyjit bench``): worker processes, rounds that
-alternate, failures as rows, and the reports. No assertion is about speed."""
+"""The benchmark harness (``python -m lazyjit bench``, ``lazyjit.bench``): worker
+processes, rounds that alternate, failures as rows, and the reports. No assertion is
+about speed."""
 
 import functools
 import json
@@ -12,8 +13,9 @@ from pathlib import Path
 import pyro
 import pytest
 
-from lazyjit import bench
-from lazyjit.timing import paired_ratio
+from lazyjit import examples as models
+from lazyjit.bench import contenders, report, timing, workers, workloads
+from lazyjit.bench.timing import paired_ratio, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,7 @@ def dies():
 @pytest.fixture(scope="module")
 def fake():
     """A tiny workload of trivial contenders, run once for the tests below."""
-    workload = bench.Workload(
+    workload = workloads.Workload(
         name="fake",
         group="fake",
         title="Sleeping contenders",
@@ -43,15 +45,15 @@ def fake():
         repeats=3,
         baseline="fast",
         contenders=(
-            bench.Contender("fast", "kind A", functools.partial(sleeper, 0.001)),
-            bench.Contender("slow", "kind B", functools.partial(sleeper, 0.004)),
-            bench.Contender("broken", "kind C", broken),
-            bench.Contender("dies", "kind D", dies),
+            workloads.Contender("fast", "kind A", functools.partial(sleeper, 0.001)),
+            workloads.Contender("slow", "kind B", functools.partial(sleeper, 0.004)),
+            workloads.Contender("broken", "kind C", broken),
+            workloads.Contender("dies", "kind D", dies),
         ),
         notes=("a note on what was left out",),
     )
     lines = []
-    rows = bench.run_workload(workload, log=lines.append)
+    rows = workers.run_workload(workload, log=lines.append)
     return workload, rows, lines
 
 
@@ -80,13 +82,11 @@ def test_failures_are_rows(fake):
 def test_ratio_to_the_named_baseline(fake):
     workload, rows, _ = fake
     fast, slow = rows[0], rows[1]
-    assert bench.ratio(rows, slow, "fast") == pytest.approx(
-        paired_ratio(slow.rounds_s, fast.rounds_s)
-    )
-    assert 3 < bench.ratio(rows, slow, "fast") < 5
-    assert bench.ratio(rows, fast, "fast") == 1.0
-    assert bench.ratio(rows, rows[2], "fast") is None
-    assert bench.ratio(rows, fast, "broken") is None
+    assert ratio(rows, slow, "fast") == pytest.approx(paired_ratio(slow.rounds_s, fast.rounds_s))
+    assert 3 < ratio(rows, slow, "fast") < 5
+    assert ratio(rows, fast, "fast") == 1.0
+    assert ratio(rows, rows[2], "fast") is None
+    assert ratio(rows, fast, "broken") is None
 
 
 def test_paired_ratio_is_the_median_of_round_ratios():
@@ -100,14 +100,14 @@ def test_paired_ratio_is_the_median_of_round_ratios():
 def test_reports_name_every_contender(fake):
     workload, rows, _ = fake
     results = [(workload, rows)]
-    meta = bench.machine()
-    data = json.loads(json.dumps(bench.to_json(meta, results)))
+    meta = report.machine()
+    data = json.loads(json.dumps(report.to_json(meta, results)))
     entries = data["workloads"][0]["contenders"]
     assert [e["name"] for e in entries] == ["fast", "slow", "broken", "dies"]
     assert entries[1]["rounds_s"] == rows[1].rounds_s
-    assert entries[1]["ratio_to_baseline"] == bench.ratio(rows, rows[1], "fast")
+    assert entries[1]["ratio_to_baseline"] == ratio(rows, rows[1], "fast")
     assert entries[2]["error"] and entries[2]["median_s"] is None
-    text = bench.report(meta, results, with_chart=False)
+    text = report.report(meta, results, with_chart=False)
     for name in ("fast", "slow", "broken", "dies", "a note on what was left out"):
         assert name in text
     assert "failed: RuntimeError" in text
@@ -115,14 +115,14 @@ def test_reports_name_every_contender(fake):
 
 
 def test_select():
-    workloads = bench.workloads(quick=True)
-    assert [w.name for w in bench.select(workloads, "nuts")] == ["nuts-gaussian", "nuts-logistic"]
-    assert [w.name for w in bench.select(workloads, "svi-gaussian,sites-10")] == [
+    quick = workloads.workloads(quick=True)
+    assert [w.name for w in workloads.select(quick, "nuts")] == ["nuts-gaussian", "nuts-logistic"]
+    assert [w.name for w in workloads.select(quick, "svi-gaussian,sites-10")] == [
         "svi-gaussian",
         "sites-10",
     ]
     with pytest.raises(ValueError, match="unknown workload"):
-        bench.select(workloads, "nothing")
+        workloads.select(quick, "nothing")
 
 
 def test_quick_run_of_one_workload(tmp_path):
@@ -149,11 +149,54 @@ def test_quick_run_of_one_workload(tmp_path):
 def test_pyro_svi_floor_steps():
     # The floor of any drop-in ELBO: Pyro's SVI.step around a loss that only hands over
     # (zero) gradients. Its optimizer must see the guide's params.
-    from lazyjit import demo, examples
-
     pyro.clear_param_store()
-    step = demo.pyro_svi_floor(examples.gaussian_data(10))
+    step = contenders.pyro_svi_floor(models.gaussian_data(10))
     assert step() == 0.0
     store = pyro.get_param_store()
     grads = [store[name].unconstrained().grad for name in store.keys()]
     assert len(grads) == 2 and all(g is not None and not g.any() for g in grads)
+
+
+def test_in_process_rounds_alternate():
+    # The same loop as the workers', in this process: first calls, then rounds in turn.
+    setups = {"fast": lambda: sleeper(0.0005), "slow": lambda: sleeper(0.002)}
+    results = timing.compare(setups, steps=2, repeats=3)
+    fast, slow = results
+    assert isinstance(fast, timing.Result) and fast.ok and slow.ok
+    assert fast.first_s > 0 and len(fast.rounds_s) == len(slow.rounds_s) == 3
+    started = sorted(
+        [(t, "fast") for t in fast.round_started] + [(t, "slow") for t in slow.round_started]
+    )
+    assert [name for _, name in started] == ["fast", "slow"] * 3
+    assert ratio(results, slow, "fast") > 1
+    text = report.table("Sleepers", results, "fast")
+    assert "| fast |" in text and "| slow |" in text
+
+
+def test_output_folder(tmp_path, monkeypatch):
+    # A full run writes under the current directory, a partial one into a fresh
+    # temporary directory, an explicit --out wherever it says.
+    monkeypatch.chdir(tmp_path)
+    assert report.output_folder(None, False, "lazyjit-bench").resolve() == (
+        tmp_path / "lazyjit-bench"
+    )
+    partial = report.output_folder(None, True, "lazyjit-bench")
+    assert partial.is_dir() and partial.resolve().parent != tmp_path
+    assert report.output_folder(tmp_path / "x", True, "lazyjit-bench") == tmp_path / "x"
+
+
+def test_gradient_counts_agree():
+    # Pyro's kernel counts its potential's calls, lazyjit's read their compiled
+    # functions' stats (the potential's, and the compiled leaf's on aten-jit): from the
+    # same seed, eager Pyro and lazyjit draw the same numbers, hence as many gradients.
+    pyro.set_rng_seed(0)
+    args = (models.gaussian_data(20),)
+    kernels = contenders.nuts_kernels(["eager", "aten-jit"])
+    counts = {}
+    for name in ("Pyro eager", "lazyjit (eager)", "lazyjit (aten-jit)"):
+        run = contenders.NutsRun(kernels[name][0], models.gaussian_model, args, 10)
+        run()
+        counts[name] = run.gradients
+    assert counts["Pyro eager"] > 20
+    assert counts["lazyjit (eager)"] == counts["Pyro eager"]
+    assert counts["lazyjit (aten-jit)"] == counts["Pyro eager"]

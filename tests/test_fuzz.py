@@ -31,6 +31,7 @@ from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 import lazyjit
+import lazyjit.config
 from lazyjit import (
     JitTrace_ELBO,
     JitTraceEnum_ELBO,
@@ -663,7 +664,7 @@ TAIL_LOOP_PROGRAM = Program(
 
 @pytest.mark.slow
 def test_inductor_tail_loops():
-    """lazyjit.backends.INDUCTOR_CONFIG turns masked tail vectorization off: this program
+    """lazyjit.config.INDUCTOR_CONFIG turns masked tail vectorization off: this program
     then matches eager Pyro, where it corrupted the heap before."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

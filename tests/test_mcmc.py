@@ -1,4 +1,5 @@
-"""HMC and NUTS with a lazily compiled potential energy and gradient (lazyjit.mcmc)."""
+"""HMC and NUTS with a lazily compiled potential energy and gradient (lazyjit.mcmc,
+lazyjit.potential)."""
 
 import importlib
 import math
@@ -13,13 +14,13 @@ import pyro.ops.integrator
 import pytest
 import torch
 from pyro.infer import MCMC
-from pyro.infer.autoguide.initialization import init_to_sample, init_to_uniform
+from pyro.infer.autoguide.initialization import init_to_median, init_to_sample, init_to_uniform
 from pyro.ops.integrator import potential_grad
 from pyro.ops.stats import effective_sample_size
 from torch.testing import assert_close
 
 import lazyjit
-import lazyjit.mcmc
+import lazyjit.potential
 from lazyjit import LazyJitError, StructureWarning, examples
 from lazyjit.backends import TierPolicy
 
@@ -231,19 +232,19 @@ def test_integrator_gets_value_and_grad(monkeypatch, kernel_class, backend):
         raise AssertionError("the integrator differentiated the potential with autograd")
 
     monkeypatch.setattr(lazyjit.CompiledPotential, "value_and_grad", counted)
-    monkeypatch.setattr(lazyjit.mcmc._AttachGradient, "apply", no_autograd)
+    monkeypatch.setattr(lazyjit.potential._AttachGradient, "apply", no_autograd)
     steps = []
     step = pyro.ops.integrator._single_step_verlet
     monkeypatch.setattr(
         pyro.ops.integrator, "_single_step_verlet", lambda *a: steps.append(1) or step(*a)
     )
-    hooked = [m.potential_grad for m in lazyjit.mcmc._HOOKED_MODULES]
+    hooked = [m.potential_grad for m in lazyjit.potential._HOOKED_MODULES]
     kernel = kernel_class(
         examples.gaussian_model, jit_compile=True, ignore_jit_warnings=True, backend=backend
     )
     run_nuts(kernel, gaussian_args(), 20)
     assert len(calls) >= len(steps) > 40
-    assert [m.potential_grad for m in lazyjit.mcmc._HOOKED_MODULES] == hooked
+    assert [m.potential_grad for m in lazyjit.potential._HOOKED_MODULES] == hooked
     assert pyro.ops.integrator.potential_grad is potential_grad
 
 
@@ -290,7 +291,7 @@ def test_compiled_leaf_matches_pyro_leaf(backend, case):
             }
         kernel._adapter.step_size *= 1.1
         for direction in (1, 0):
-            with lazyjit.mcmc._compiled_gradients():
+            with lazyjit.potential.compiled_gradients():
                 ours = kernel._build_basetree(z, r, z_grads, log_slice, direction, energy)
                 theirs = pyro_leaf(kernel, z, r, z_grads, log_slice, direction, energy)
             for field in theirs._fields:
@@ -316,7 +317,7 @@ def test_compiled_leaf_auto_tiers_up_and_stays_right(monkeypatch):
     )
     (program,) = kernel._leaf.compiled.compiled.values()
     assert program.lanes["call"].tier == "aten-jit"
-    with lazyjit.mcmc._compiled_gradients():
+    with lazyjit.potential.compiled_gradients():
         ours = kernel._build_basetree(z, r, z_grads, log_slice, 1, energy)
         theirs = pyro.infer.mcmc.NUTS._build_basetree(kernel, z, r, z_grads, log_slice, 1, energy)
     assert_close(tuple(ours), tuple(theirs), rtol=1e-4, atol=1e-5)
@@ -349,7 +350,7 @@ def test_singular_matrix_gives_nan_energy_like_pyro():
     pe = lazyjit.CompiledPotential(potential)
     assert torch.isfinite(pe({"a": torch.tensor(0.5)}))  # compiles at a valid point
     bad = {"a": torch.tensor(2.0)}  # [[1, 2], [2, 1]] is not positive definite
-    for grad_fn in (potential_grad, lazyjit.mcmc._potential_grad):
+    for grad_fn in (potential_grad, lazyjit.potential._potential_grad):
         grads, energy = grad_fn(pe, bad)
         assert torch.isnan(energy)
         assert torch.equal(grads["a"], torch.zeros(()))
@@ -417,6 +418,93 @@ def test_jit_compile_false_is_pyro():
 def test_constructor_rejects_unknown_backend():
     with pytest.raises(LazyJitError, match="unknown lazyjit backend"):
         lazyjit.NUTS(examples.gaussian_model, jit_compile=True, backend="nope")
+
+
+def kernel_settings(kernel):
+    """Everything Pyro's constructor stored on ``kernel`` and its warmup adapter (helper
+    objects by type), without what lazyjit adds."""
+
+    def plain(value):
+        simple = (int, float, str, list, tuple, dict, type(None))
+        return value if isinstance(value, simple) or callable(value) else type(value)
+
+    settings = {k: v for k, v in vars(kernel).items() if k not in ("backend", "strict", "_leaf")}
+    adapter = vars(settings.pop("_adapter"))
+    settings.update({f"adapter.{k}": v for k, v in adapter.items()})
+    return {k: plain(v) for k, v in settings.items()}
+
+
+# Pyro's positional order, every value off its default (Pyro 1.9's signatures).
+HMC_POSITIONAL = (None, 0.3, None, 7, False, False, True, {}, 2, True, {"check_trace": False})
+HMC_POSITIONAL += (True, 0.7, init_to_median)
+NUTS_POSITIONAL = (None, 0.3, False, False, True, False, {}, 2, True, {"check_trace": False})
+NUTS_POSITIONAL += (True, 0.7, 4, init_to_median)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, args",
+    [
+        (lazyjit.HMC, pyro.infer.mcmc.HMC, HMC_POSITIONAL),
+        (lazyjit.NUTS, pyro.infer.mcmc.NUTS, NUTS_POSITIONAL),
+    ],
+    ids=["HMC", "NUTS"],
+)
+def test_positional_arguments_are_pyros(ours, theirs, args):
+    kernel = ours(examples.gaussian_model, *args, backend="eager", strict=True)
+    assert kernel_settings(kernel) == kernel_settings(theirs(examples.gaussian_model, *args))
+    assert (kernel.backend, kernel.strict) == ("eager", True)
+    assert kernel._jit_compile and kernel._adapter.target_accept_prob == 0.7
+    with pytest.raises(TypeError):  # as many positional arguments as Pyro's, no more
+        ours(examples.gaussian_model, *args, "auto")
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, kwargs",
+    [
+        (lazyjit.HMC, pyro.infer.mcmc.HMC, {"min_stepsize": 1e-3, "max_stepsize": 5.0}),
+        (lazyjit.NUTS, pyro.infer.mcmc.NUTS, {"max_tree_depth": 3, "full_mass": True}),
+    ],
+    ids=["HMC", "NUTS"],
+)
+def test_pyro_keyword_arguments_reach_pyros_kernel(ours, theirs, kwargs):
+    kernel = ours(examples.gaussian_model, backend="aten", **kwargs)
+    assert kernel_settings(kernel) == kernel_settings(theirs(examples.gaussian_model, **kwargs))
+    assert all(kernel_settings(kernel)[f"_{k}"] == v for k, v in kwargs.items() if "step" in k)
+    assert kernel.backend == "aten"
+    with pytest.raises(TypeError, match="no_such_option"):
+        ours(examples.gaussian_model, no_such_option=1)
+
+
+def test_a_new_pyro_keyword_needs_no_lazyjit_change(monkeypatch):
+    seen = {}
+    pyro_init = pyro.infer.mcmc.nuts.NUTS.__init__
+
+    def init(self, *args, new_option=None, **kwargs):  # a Pyro release with a new option
+        seen["new_option"] = new_option
+        pyro_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro.infer.mcmc.nuts.NUTS, "__init__", init)
+    kernel = lazyjit.NUTS(examples.gaussian_model, None, 0.5, new_option="on", strict=True)
+    assert seen == {"new_option": "on"}
+    assert kernel.step_size == 0.5 and kernel.strict
+
+
+def test_compiled_gradients_hook_nests_and_restores():
+    originals = [m.potential_grad for m in lazyjit.potential._HOOKED_MODULES]
+    hook = lazyjit.potential._potential_grad
+    with lazyjit.potential.compiled_gradients():
+        with lazyjit.potential.compiled_gradients():
+            assert all(m.potential_grad is hook for m in lazyjit.potential._HOOKED_MODULES)
+        assert all(m.potential_grad is hook for m in lazyjit.potential._HOOKED_MODULES)
+    assert [m.potential_grad for m in lazyjit.potential._HOOKED_MODULES] == originals
+    assert pyro.ops.integrator.potential_grad is potential_grad
+
+
+def test_leaves_compile_only_where_the_backend_compiles_a_graph():
+    compiles = {name for name, b in lazyjit.BACKENDS.items() if b.compiles_graph}
+    assert compiles == {"aten-jit", "inductor", "auto"} & set(lazyjit.BACKENDS)
+    kernel, *_ = nuts_state(examples.gaussian_model, gaussian_args(), backend="aten")
+    assert kernel._compiled_leaf() is None and kernel._leaf is None
 
 
 # Bad input -------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""``lazyjit.programs`` (``python -m lazyjit programs``): every program runs a couple of
-eager steps, and the runner's child and table work. No assertion is about speed."""
+"""``lazyjit.bench.programs`` (``python -m lazyjit programs``): every program runs a
+couple of eager steps, and the runner's child and table work. No assertion is about
+speed."""
 
 import math
 
 import pytest
 import torch
 
-from lazyjit import programs
+from lazyjit.bench import programs
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from lazyjit.recorder import DATA_DEPENDENT, record
+from lazyjit.graph.recorder import DATA_DEPENDENT, record
 
 
 def test_graph_replays_the_function_on_new_inputs():
@@ -91,8 +91,8 @@ def test_no_grad_outputs_are_detached_when_asked():
 def test_recording_does_not_import_dynamo():
     # make_fx imports torch._dynamo (and torch._inductor): 0.8 s in a fresh process.
     code = (
-        "import sys, torch, lazyjit.backends as b\n"
-        "b.capture(lambda x: (x.sin(),), [torch.ones(2)])\n"
+        "import sys, torch, lazyjit.graph.capture as c\n"
+        "c.capture(lambda x: (x.sin(),), [torch.ones(2)])\n"
         "print('torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lazyjit
-from lazyjit.backends import capture, capture_value_and_grad
+from lazyjit.graph.capture import capture, capture_value_and_grad
 
 aten = torch.ops.aten
 

@@ -17,7 +17,7 @@ from pyro.optim import SGD, Adam, ClippedAdam
 from torch.distributions import constraints
 
 import lazyjit
-import lazyjit.backends
+import lazyjit.backends.tiers
 import lazyjit.svi
 from lazyjit import LazyJitError, LazyJitWarning
 from lazyjit.backends import TierPolicy, wait_for_compiles
@@ -41,7 +41,7 @@ def quick_switch(monkeypatch):
 def fx_for_inductor(monkeypatch):
     """Inductor replaced by the captured graph's own FX code."""
     monkeypatch.setattr(
-        lazyjit.backends,
+        lazyjit.backends.tiers,
         "inductor_compile",
         lambda graph_module, inputs, grad, config=None: graph_module.forward,
     )

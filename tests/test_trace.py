@@ -22,6 +22,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
 import lazyjit
+import lazyjit.config
 from lazyjit import LazyJitError, LazyJitWarning, StructureWarning
 from lazyjit.backends import Program
 
@@ -537,8 +538,8 @@ def test_data_dependent_branch_is_guarded():
 
 
 def test_an_entry_whose_guards_keep_failing_runs_eagerly(monkeypatch):
-    monkeypatch.setattr(lazyjit.jit, "MAX_GUARD_FAILURES", 3)
-    monkeypatch.setattr(lazyjit.jit, "MAX_SPECIALIZATIONS", 1)
+    monkeypatch.setattr(lazyjit.config, "MAX_GUARD_FAILURES", 3)
+    monkeypatch.setattr(lazyjit.config, "MAX_SPECIALIZATIONS", 1)
     compiled = lazyjit.trace(branchy, backend="aten")
     pos, neg = torch.ones(3), -3 * torch.ones(3)
     compiled(pos)

@@ -16,10 +16,10 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.runtime import _PYRO_PARAM_STORE, _PYRO_STACK
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch.distributions import constraints, transform_to
 
+from . import pyro_shim
 from .signature import rebuild
 
 
@@ -47,7 +47,7 @@ class ParamInputs(Messenger):
         value = self.unconstrained.get(msg["name"])
         if value is None:
             return
-        constrained = transform_to(_PYRO_PARAM_STORE._constraints[msg["name"]])(value)
+        constrained = transform_to(pyro_shim.store_constraints()[msg["name"]])(value)
         # Pyro's autoguides and PyroModule call .unconstrained() on what pyro.param returns.
         constrained.unconstrained = weakref.ref(value)
         msg["value"] = constrained
@@ -57,10 +57,10 @@ class ParamInputs(Messenger):
 def announce_params(names: Sequence[str]) -> None:
     """Issues a ``pyro.param`` statement per name, as Pyro's jit does, so that handlers
     around the call see the params: an ``SVI`` step finds what to optimise this way."""
-    if len(_PYRO_STACK) == 1 and type(_PYRO_STACK[0]) is TraceMessenger:
+    if len(pyro_shim.HANDLER_STACK) == 1 and type(pyro_shim.HANDLER_STACK[0]) is TraceMessenger:
         # An SVI step's param capture and nothing else, at every step: record the sites
         # as the statements would, without their message passing (half of their cost).
-        trace = _PYRO_STACK[0].trace
+        trace = pyro_shim.HANDLER_STACK[0].trace
         for name in names:
             trace.add_node(name, **_param_message(name))
         return
@@ -75,7 +75,7 @@ def _param_message(name: str) -> dict[str, Any]:
     return {
         "type": "param",
         "name": name,
-        "fn": _PYRO_PARAM_STORE.get_param,
+        "fn": pyro_shim.PARAM_STORE.get_param,
         "is_observed": False,
         "args": (name,),
         "kwargs": {"constraint": constraints.real, "event_dim": None},
@@ -91,16 +91,21 @@ def _param_message(name: str) -> dict[str, Any]:
 
 
 # id(constraint) -> (constraint, its transform): transform_to looks the transform up and
-# builds it anew at each call (2 to 3 us of an SVI step on the seed model, measured).
-# Holding the constraint keeps its id from being reused.
+# builds it anew at each call, a sizeable part of a small compiled step. Holding the
+# constraint keeps its id from being reused.
 _TRANSFORMS: dict[int, tuple[constraints.Constraint, Any]] = {}
 
 
+def clear_transforms() -> None:
+    """Forgets the transforms kept for constraints (see :func:`lazyjit.clear_caches`)."""
+    _TRANSFORMS.clear()
+
+
 def _constrained(name: str) -> torch.Tensor:
-    """``_PYRO_PARAM_STORE[name]``: the constrained value, which knows its unconstrained
+    """``pyro_shim.PARAM_STORE[name]``: the constrained value, which knows its unconstrained
     tensor, with the transform kept from earlier calls."""
-    unconstrained = _PYRO_PARAM_STORE._params[name]
-    constraint = _PYRO_PARAM_STORE._constraints[name]
+    unconstrained = pyro_shim.store_params()[name]
+    constraint = pyro_shim.store_constraints()[name]
     cached = _TRANSFORMS.get(id(constraint))
     if cached is None or cached[0] is not constraint:
         if len(_TRANSFORMS) >= 256:
@@ -110,7 +115,7 @@ def _constrained(name: str) -> torch.Tensor:
         cached = (constraint, transform if transform._cache_size == 0 else None)
         _TRANSFORMS[id(constraint)] = cached
     if cached[1] is None:
-        return _PYRO_PARAM_STORE[name]
+        return pyro_shim.PARAM_STORE[name]
     value = cached[1](unconstrained)
     value.unconstrained = weakref.ref(unconstrained)
     return value

@@ -1,11 +1,10 @@
 """The aten graph of a function, recorded as it runs on real tensors.
 
 What ``make_fx`` does in its ``"real"`` mode, without what lazyjit does not use: the
-fake-tensor description of every node (most of ``make_fx``'s time: the value-and-grad
-graph of a 1,000-site potential, 26,005 nodes, took 10.3 s with it and takes 2.9 s
-here, measured) and the ``torch._dynamo`` import that ``make_fx`` starts with (0.8 s in
-a fresh process, longer than a NUTS run of the seed model spends in its tree leaves). A :class:`torch.utils._python_dispatch.TorchDispatchMode`
-sees every aten op below autograd, the backward's included, and appends it to an FX graph.
+fake-tensor description of every node (most of ``make_fx``'s time on big graphs) and the
+``torch._dynamo`` import that ``make_fx`` starts with (seconds in a fresh process;
+``docs/architecture.md`` has the figures). A torch dispatch mode sees every aten op
+below autograd, the backward's included, and appends it to an FX graph.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from typing import Any
 
 import torch
 from torch.fx import Graph, GraphModule, Node
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from . import guards
+from .. import guards
+from ..torch_shim import TorchDispatchMode, tree_flatten, tree_unflatten
 
 aten = torch.ops.aten
 

@@ -15,6 +15,7 @@ from numbers import Number
 import torch
 from torch.fx import GraphModule, Node
 
+from .. import torch_shim
 from .recorder import SHAPE_DTYPE
 
 aten = torch.ops.aten
@@ -150,7 +151,7 @@ def _written(graph: torch.fx.Graph) -> set[Node]:
         if node.target is operator.getitem:
             sources = [node.args[0]]
             writes = []
-        elif isinstance(node.target, torch._ops.OpOverload):
+        elif isinstance(node.target, torch_shim.OpOverload):
             schema = node.target._schema
             arguments = [a for a in schema.arguments if not a.kwarg_only]
             pairs = list(zip(arguments, node.args)) + [

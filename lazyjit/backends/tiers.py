@@ -1,0 +1,323 @@
+"""Tiered compilation: the rule (:class:`TierPolicy`, data) and the mechanism
+(:class:`Lane`: run this now, prepare that, switch at the call the rule names).
+
+A lane is one way of calling a program (plain calls, or ``value_and_grad``). It starts
+on tier 0, the program it was given. Once warm it captures its aten graph on the calling
+thread (the capture runs the Pyro code, and Pyro's effect-handler stack is process-wide)
+and runs that graph traced by TorchScript (``"aten-jit"``), or as FX code (``"aten"``)
+where the graph is too big to trace on the caller's thread or TorchScript is missing.
+Once hot, inductor compiles the graph on the compiler thread, and the lane takes the
+compiled code at its switch call. A differentiable plain call needs inductor's training
+compile, which cannot run beside the caller (``lazyjit.backends.threads``): that lane
+compiles on the calling thread when hot. A failed capture or compile leaves the lane on
+its tier, with a one-time :class:`LazyJitWarning`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+import torch
+from torch.fx import GraphModule
+
+from .. import config
+from ..errors import LazyJitError, StructureError, StructureWarning, warn_once
+from ..graph.capture import (
+    Flat,
+    Runner,
+    capture,
+    capture_value_and_grad,
+    fresh_inputs,
+    run_value_and_grad,
+)
+from ..log import Stopwatch, logger
+from .aten_jit import script_graph
+from .base import needs_autograd
+from .inductor import inductor_compile
+from .threads import COMPILER, PYRO_LOCK, TRACE_LOCK, done_future, prepare_inductor_for_threads
+
+# What a lane runs for a call: (inputs, wrt) -> the call's result.
+LaneRunner = Callable[[Sequence[torch.Tensor], Sequence[int]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TierPolicy:
+    """When a lane moves up, counted in its calls, never in seconds: the same sequence of
+    calls switches at the same calls in every run, so a seeded program gives the same
+    numbers every time (``docs/reliability.md``).
+
+    Example: ``lazyjit.trace(fn, backend=AutoBackend(TierPolicy(hot_calls=100)))``.
+
+    :ivar warm_calls: after this many calls on tier 0, the lane's aten graph is captured
+        and runs on TorchScript (or as FX code) from the next call on.
+    :ivar hot_calls: after this many calls, inductor compiles that graph in the
+        background (a differentiable plain call: on the calling thread, at once).
+    :ivar switch_calls: the lane runs the inductor code from this many calls after it
+        was hot, waiting there for the compile if it is not done yet. ``None`` switches
+        as soon as the compile is done instead: faster to arrive, but at a call that
+        depends on the machine's load, so two runs may differ in the last bits.
+    """
+
+    warm_calls: float = 2
+    hot_calls: float = 2000
+    switch_calls: float | None = 2000
+
+    def replace(self, **changes: float | None) -> TierPolicy:
+        """A copy with ``changes`` (``math.inf``: never)."""
+        return dataclasses.replace(self, **changes)
+
+
+class Owner(Protocol):
+    """What a lane needs of the program it belongs to."""
+
+    flat: Flat
+
+    def add_compile_seconds(self, seconds: float) -> None: ...
+
+
+class Lane:
+    """One way of calling a tiered program, moved up its tiers by a :class:`TierPolicy`.
+
+    :ivar kind: ``"call"`` or ``"value_and_grad"``.
+    :ivar tier: what runs it now: tier 0's name, ``"aten-jit"`` or ``"aten"`` (its
+        captured graph on TorchScript, or as FX code) or ``"inductor"``.
+    :ivar calls: calls counted until it runs inductor's code (or stays where it is).
+    :ivar graph_module: the graph captured, once warm (or given in advance).
+    :ivar grad: whether that graph's outputs must be differentiable (a plain call under
+        autograd): its inductor compile is a training compile, on the calling thread.
+    :ivar future: the background compile, whose result the lane takes at call
+        :attr:`switch_at`; :ivar waited_seconds: how long it waited there.
+    :ivar run: what a call runs: the current tier, counted until the lane is done.
+    """
+
+    def __init__(self, owner: Owner, kind: str, tier: str, policy: TierPolicy, base: LaneRunner):
+        self.owner = owner
+        self.kind = kind
+        self.tier = tier
+        self.policy = policy
+        self.base = base  # tier 0, uncounted: for a wrt that no graph was captured for
+        self.runner = base  # the current tier, uncounted
+        self.run: LaneRunner = self._counted
+        self.calls = 0
+        self.warm = self.hot = False
+        self.wrt: Sequence[int] = ()
+        self.graph_module: GraphModule | None = None
+        self.grad = False
+        self.future: Future | None = None
+        self.switch_at = math.inf
+        self.waited_seconds = 0.0
+        self.warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _counted(self, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+        result = self.runner(inputs, wrt)
+        self.calls += 1
+        policy = self.policy
+        if self.future is not None:
+            if self.calls >= self.switch_at or (policy.switch_calls is None and self.future.done()):
+                self._take_compiled()
+        elif self.calls >= policy.hot_calls and self._claim("hot"):
+            self._tier_up(inputs, wrt)
+        elif not self.warm and self.calls >= policy.warm_calls and self._claim("warm"):
+            if self.graph_module is not None or self._capture(inputs, wrt):
+                self._run_captured(inputs)
+        return result
+
+    def _claim(self, flag: str) -> bool:
+        """Sets ``flag`` (``"warm"`` or ``"hot"``); whether this thread got there first."""
+        with self._lock:
+            if getattr(self, flag):
+                return False
+            setattr(self, flag, True)
+            return True
+
+    def start_from(self, graph_module: GraphModule) -> None:
+        """Runs ``graph_module`` (a plain call's, given in advance) as FX code until the
+        policy moves the lane on."""
+        self.graph_module = graph_module
+        self.switch(graph_module.forward, "aten")
+
+    def settle(self) -> None:
+        """Stops counting: the lane stays on its tier."""
+        self.run = self.runner
+
+    def _capture(self, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> bool:
+        """Captures the lane's graph on this thread; whether it did."""
+        clock = Stopwatch()
+        try:
+            graph_module, grad = capture_lane(self.owner.flat, self.kind, inputs, wrt)
+        except StructureError as e:
+            if not getattr(self.owner.flat, "guard", True):  # strict: no guards, no fallback
+                raise LazyJitError(
+                    f"{self.kind} cannot be compiled: {e}. Its structure depends on tensor "
+                    "values, so a compiled version could be silently wrong."
+                ) from e
+            self._stay(
+                f"its structure depends on a tensor value that no guard can check, at {e.site}",
+                StructureWarning,
+            )
+            return False
+        except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
+            self._stay(f"capturing its graph failed ({type(e).__name__}: {e})")
+            return False
+        if graph_module is None:
+            logger.info("lazyjit: plain calls stay on %s: %s", self.tier, grad)
+            return False
+        self.wrt, self.graph_module, self.grad = wrt, graph_module, grad
+        clock.done(
+            self.owner.add_compile_seconds,
+            "lazyjit: %s is %s after %d calls on %s; captured its graph (%d nodes) in %.3f s",
+            self.kind,
+            "hot" if self.hot else "warm",
+            self.calls,
+            self.tier,
+            len(graph_module.graph.nodes),
+        )
+        return True
+
+    def _stay(self, reason: str, category: type[Warning] | None = None) -> None:
+        fell_back = getattr(self.owner.flat, "fell_back", None)
+        if fell_back is not None:
+            fell_back()
+        message = f"lazyjit: {self.kind} stays on {self.tier}: {reason}"
+        if category is None:
+            warn_once(self.warned, "capture", message)
+        else:
+            warn_once(self.warned, "capture", message, category)
+
+    def _tier_up(self, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
+        try:
+            if self.graph_module is None:
+                if self.warm or not self._capture(inputs, wrt):  # no second stall
+                    return
+            if not self.warm and not self.grad:
+                self._run_captured(inputs)
+            grad = self.grad
+            logger.info(
+                "lazyjit: %s is hot after %d calls; inductor compiles its graph %s",
+                self.kind,
+                self.calls,
+                "now, on this thread (a training compile)" if grad else "in the background",
+            )
+            job = functools.partial(
+                hot_runner, self.graph_module, inputs, grad, self.owner.add_compile_seconds
+            )
+            if grad:
+                with TRACE_LOCK:
+                    self._finish_compile(done_future(job))
+                return
+            self.future = COMPILER.submit(job)
+            if self.policy.switch_calls is not None:
+                self.switch_at = self.calls + self.policy.switch_calls
+        finally:
+            if self.future is None:
+                self.settle()
+
+    def _run_captured(self, inputs: Sequence[torch.Tensor]) -> None:
+        runner, tier = warm_runner(self.graph_module, inputs, self.grad, self.owner)
+        self.switch(runner, tier)
+
+    def _take_compiled(self) -> None:
+        """At the switch call: waits for the compile, and switches to it."""
+        clock = Stopwatch()
+        concurrent.futures.wait([self.future])
+        self.waited_seconds = clock.done(
+            None,
+            "lazyjit: %s waited at call %d for its inductor compile: %.3f s",
+            self.kind,
+            self.calls,
+        )
+        self._finish_compile(self.future)
+        self.settle()
+
+    def _finish_compile(self, future: Future) -> None:
+        try:
+            runner = future.result()
+        except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
+            warn_once(
+                self.warned,
+                "inductor",
+                f"lazyjit: {self.kind} stays on {self.tier}: inductor failed to compile its "
+                f"graph ({type(e).__name__}: {e})",
+            )
+            return
+        self.switch(runner, "inductor")
+
+    def switch(self, runner: Runner, tier: str) -> None:
+        """Makes the lane run its captured graph with ``runner``, as ``tier``."""
+        if self.kind == "call":
+
+            def run(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+                return tuple(runner(*inputs))
+        else:
+            base, lane_wrt, num_wrt = self.base, self.wrt, len(self.wrt)
+
+            def run(inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Any:
+                if wrt is lane_wrt or tuple(wrt) == tuple(lane_wrt):
+                    return run_value_and_grad(runner, inputs, num_wrt)
+                return base(inputs, wrt)  # not the wrt the graph was captured for
+
+        self.runner = run
+        logger.info("lazyjit: %s switched from %s to %s", self.kind, self.tier, tier)
+        self.tier = tier
+
+
+def capture_lane(
+    flat: Flat, kind: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int]
+) -> tuple[GraphModule | None, Any]:
+    """A lane's graph, captured on copies of the call's tensors: (graph, whether its
+    outputs must be differentiable), or (None, why not) for a plain call whose backward
+    an aten graph cannot keep."""
+    fresh = fresh_inputs(flat, inputs)
+    with PYRO_LOCK:
+        if kind == "value_and_grad":
+            return capture_value_and_grad(flat, fresh, tuple(wrt)), False
+        graph_module, custom_autograd = capture(flat, fresh, replayable=True)
+    grad = needs_autograd(inputs)
+    if grad and custom_autograd:
+        names = ", ".join(sorted(custom_autograd))
+        return None, f"they use {names}, whose backward an aten graph cannot keep"
+    return graph_module, grad
+
+
+def warm_runner(
+    graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool, owner: Owner
+) -> tuple[Runner, str]:
+    """What runs a warm lane's graph, and its tier: the graph traced by TorchScript (as
+    ``"aten-jit"`` does), or, where it is too big to trace on the caller's thread or the
+    trace fails, its FX code (as ``"aten"`` does)."""
+    if len(graph_module.graph.nodes) > config.AUTO_SCRIPT_MAX_NODES:
+        return graph_module.forward, "aten"
+    clock = Stopwatch()
+    try:
+        runner = script_graph(graph_module, inputs, grad)
+    except Exception as e:  # noqa: BLE001 - the graph's FX code computes the same thing
+        logger.info(
+            "lazyjit: a graph runs as FX code: TorchScript failed to trace it (%s: %s)",
+            type(e).__name__,
+            e,
+        )
+        return graph_module.forward, "aten"
+    clock.done(owner.add_compile_seconds, "lazyjit: traced a captured graph in %.3f s")
+    return runner, "aten-jit"
+
+
+def hot_runner(
+    graph_module: GraphModule,
+    inputs: Sequence[torch.Tensor],
+    grad: bool,
+    add_seconds: Callable[[float], None],
+) -> Runner:
+    """A hot lane's graph compiled by inductor (on the compiler thread, unless ``grad``)."""
+    clock = Stopwatch()
+    prepare_inductor_for_threads()
+    compiled = inductor_compile(graph_module, inputs, grad, config.BACKGROUND_INDUCTOR_CONFIG)
+    clock.done(add_seconds, "lazyjit: inductor compiled a graph in %.3f s")
+    return compiled

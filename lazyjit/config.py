@@ -1,0 +1,42 @@
+"""Settings that lazyjit's modules share. Change them before the first compile; the
+measurements behind them are in ``docs/backends.md`` and ``docs/reliability.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The most compiled entries (call signatures) a CompiledFunction keeps; the least
+# recently used goes first.
+DEFAULT_CACHE_SIZE = 32
+# An entry whose value guards fail keeps up to this many programs, each specialized for
+# the values its trace saw (the two sides of a branch on a latent's sign, say).
+MAX_SPECIALIZATIONS = 4
+# An entry whose specializations all failed this many times runs eagerly from then on:
+# its compiled programs serve too few of its calls to pay for the checks and the rerun.
+MAX_GUARD_FAILURES = 32
+
+# A TorchScript-traced graph of more nodes runs without the executor's optimizing
+# passes, whose cost grows faster than the graph while the gain shrinks.
+TORCHSCRIPT_MAX_OPTIMIZED_NODES = 15000
+# "auto" moves a lane to TorchScript on the caller's thread (a trace and the executor's
+# optimizing first calls); a bigger graph runs as FX code until inductor's code arrives.
+AUTO_SCRIPT_MAX_NODES = 30000
+
+# Settings for every inductor compile:
+# fallback_random: inductor's own generator would draw other numbers than eager from the
+#   same seed; aten's random ops keep a compiled program checkable against eager (and on
+#   CPU they are faster). On a GPU inductor's fused generator may win: set it False
+#   there if matching eager's draws does not matter.
+# cpp.enable_loop_tail_vec: torch 2.13's masked vector code for a loop's tail wrote out
+#   of bounds in a kernel of a fuzzed value-and-grad graph; scalar tails compute it right
+#   (tests/test_fuzz.py::test_inductor_tail_loops).
+# size_asserts: the generated code would check each input's sizes and strides, which the
+#   cache key (tensor arguments) and the param check (params) have checked already.
+INDUCTOR_CONFIG: dict[str, Any] = {
+    "fallback_random": True,
+    "cpp.enable_loop_tail_vec": False,
+    "size_asserts": False,
+}
+# Added for compiles beside the user's loop: inductor compiles C++ in a pool of worker
+# processes, one per CPU; one leaves the loop a CPU of its own on a small machine.
+BACKGROUND_INDUCTOR_CONFIG: dict[str, Any] = {"compile_threads": 1}

@@ -1,0 +1,235 @@
+"""Every private torch API lazyjit uses, in one place: a torch upgrade is this file to read.
+
+Each name below says what lazyjit needs it for. Checked against torch
+:data:`TESTED_TORCH`; on another version lazyjit warns once at import, and what no
+longer exists fails where it is used (a backend then falls back, with a warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import linecache
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+
+from .errors import LazyJitWarning
+
+TESTED_TORCH = "2.13"
+if not torch.__version__.startswith(TESTED_TORCH + "."):
+    warnings.warn(
+        f"lazyjit is tested with torch {TESTED_TORCH}, not {torch.__version__}: the private "
+        "torch APIs in lazyjit/torch_shim.py may have changed",
+        LazyJitWarning,
+        stacklevel=2,
+    )
+
+__all__ = [
+    "TESTED_TORCH",
+    "TorchDispatchMode",
+    "TreeSpec",
+    "tree_flatten",
+    "tree_unflatten",
+]
+
+# The recorder is a dispatch mode; pytrees flatten arguments and results.
+OpOverload = torch._ops.OpOverload
+
+# --- TorchScript's tracer -------------------------------------------------------------
+# Whether (and which) TorchScript trace runs on this thread; guards and Pyro branch on it.
+get_tracing_state: Callable[[], Any] = torch._C._get_tracing_state
+set_tracing_state: Callable[[Any], None] = torch._C._set_tracing_state
+# The traced value (graph node output) behind a tensor, to walk the graph to its inputs.
+value_trace: Callable[[torch.Tensor], Any] = torch._C._get_value_trace
+
+
+def tracing_state_patch(replacement: Callable[[], Any]) -> list[tuple[Any, str, Any]]:
+    """The patch (for :class:`lazyjit.patching.SharedPatch`) that makes every caller of
+    ``torch._C._get_tracing_state`` call ``replacement`` instead."""
+    return [(torch._C, "_get_tracing_state", replacement)]
+
+
+def jit_enabled() -> bool:
+    """Whether TorchScript is on (``PYTORCH_JIT=0`` turns it off)."""
+    return bool(torch.jit._state._enabled)
+
+
+def trace_to_function(
+    fn: Callable, inputs: tuple[torch.Tensor, ...], names: bool, strict: bool, outplace: bool
+) -> Any:
+    """``torch.jit.trace``'s graph of ``fn`` as a function of a CompilationUnit of its own
+    (``torch.jit.trace`` keeps every traced function in one process-wide unit forever).
+    ``names=False`` leaves values unnamed: the tracer finds a name by scanning the
+    locals of the frame that made the value, quadratic over a generated forward."""
+    from torch.jit._trace import _create_interpreter_name_lookup_fn
+
+    lookup = _create_interpreter_name_lookup_fn() if names else _no_name
+    graph, _ = torch._C._create_graph_by_tracing(fn, inputs, lookup, strict, outplace)
+    return torch._C.CompilationUnit().create_function("lazyjit_trace", graph)
+
+
+def _no_name(value: torch.Tensor) -> str:
+    return ""
+
+
+@contextlib.contextmanager
+def unoptimized_execution() -> Iterator[None]:
+    """TorchScript's graph executor without its optimizing passes on this thread (what
+    ``torch.jit.optimized_execution(False)`` sets, without its Python overhead)."""
+    optimize = torch._C._get_graph_executor_optimize()
+    torch._C._set_graph_executor_optimize(False)
+    try:
+        yield
+    finally:
+        torch._C._set_graph_executor_optimize(optimize)
+
+
+# --- autograd ---------------------------------------------------------------------------
+# The engine's entry point as torch.autograd.grad calls it (None where it moved): that
+# function's Python argument handling is a sizeable part of a small compiled step.
+run_backward: Callable | None = getattr(
+    getattr(torch.autograd.Variable, "_execution_engine", None), "run_backward", None
+)
+# torch.no_grad() without its context-manager objects, for the hot path.
+set_grad_enabled: Callable[[bool], None] = torch._C._set_grad_enabled
+
+
+def profiler_enabled() -> bool:
+    """Whether torch's profiler records (inductor's call wrapper then adds its ranges)."""
+    return bool(torch.autograd.profiler._is_profiler_enabled)
+
+
+# --- torch.fx ---------------------------------------------------------------------------
+def forget_fx_sources(keys: Iterable[str]) -> None:
+    """Drops generated GraphModule sources from torch.fx's process-wide source cache,
+    which never shrinks on its own."""
+    from torch.fx.graph_module import _loader
+
+    for key in keys:
+        _loader.eval_cache.pop(key, None)
+        linecache.cache.pop(key, None)
+
+
+# --- dynamo's C++ tensor checks (no dynamo import) --------------------------------------
+try:
+    from torch._C._dynamo.guards import TensorGuards
+except ImportError:  # a torch built without dynamo
+    TensorGuards = None
+
+
+# --- inductor ---------------------------------------------------------------------------
+def compile_fx(
+    graph_module: torch.fx.GraphModule,
+    inputs: Sequence[torch.Tensor],
+    config: dict[str, Any],
+) -> Callable:
+    """Inductor's ``compile_fx`` on fake tensors like ``inputs``: it reads only their
+    metadata, and the real ones may change meanwhile. The fake mode has a (static) shape
+    environment because inductor's on-disk graph cache needs one."""
+    from torch._inductor.compile_fx import compile_fx as inductor_compile_fx
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+    examples = [fake_mode.from_tensor(t, static_shapes=True) for t in inputs]
+    return inductor_compile_fx(graph_module, examples, config_patches=config)
+
+
+def import_inductor() -> None:
+    """Imports inductor, hiding the TorchScript deprecation warnings of the mkldnn
+    modules it defines (nothing of lazyjit uses them)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit\.script_method", DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
+
+
+def plain_inference_code(compiled: Callable, num_inputs: int, num_outputs: int) -> Any:
+    """The generated code inside an inductor inference ``compiled`` with ``num_inputs``
+    (constants included) and ``num_outputs``, where aot_autograd's runtime wrappers would
+    only pass the inputs on: no input mutation, no output alias, no tensor subclass, no
+    effect tokens. ``None`` otherwise. Call it as ``code(list)``; after its first call,
+    ``code.current_callable(list)`` skips the metrics bookkeeping around it."""
+    from torch._functorch._aot_autograd.schemas import PlainTensorMeta
+    from torch._inductor.output_code import OutputCode
+
+    serialize = getattr(compiled, "serialize", None)  # set where aot_autograd caches
+    meta = getattr(serialize() if serialize else None, "runtime_metadata", None)
+    code = inspect.unwrap(compiled)
+    if (
+        meta is None
+        or not isinstance(code, OutputCode)
+        or len(meta.input_info) != num_inputs
+        or any(
+            i.mutates_data or i.mutates_metadata or i.mutates_storage_metadata
+            for i in meta.input_info
+        )
+        or meta.num_outputs != num_outputs
+        or meta.num_outputs_aliased
+        or meta.num_intermediate_bases
+        or meta.tokens
+        or meta.is_rng_op_functionalized
+        or not all(
+            isinstance(m, PlainTensorMeta)
+            for m in (*meta.subclass_inp_meta, *meta.subclass_fw_graph_out_meta)
+        )
+    ):
+        return None
+    return code
+
+
+def thread_safe_compiles(skip_rng_restore: Callable[[], bool], catch_warnings: Any) -> None:
+    """Makes inductor compiles safe on a thread beside the user's loop (see
+    ``lazyjit.backends.threads``): dynamo's ``preserve_rng_state`` is skipped where
+    ``skip_rng_restore()`` says so, and aot_autograd's graph capture sees ``catch_warnings``
+    (a lock-taking replacement) as ``warnings.catch_warnings``. Raises if this torch is
+    not laid out as expected."""
+    import torch._dynamo.utils as dynamo_utils
+    import torch._functorch._aot_autograd.graph_capture_wrappers as graph_capture
+    import torch._functorch.aot_autograd as aot_autograd
+
+    import_inductor()
+    original = dynamo_utils.preserve_rng_state
+    if aot_autograd.preserve_rng_state is not original or graph_capture.warnings is not warnings:
+        raise RuntimeError("this torch's compiler is not laid out as lazyjit expects")
+
+    @contextlib.contextmanager
+    def preserve_rng_state() -> Iterator[None]:
+        if skip_rng_restore():
+            yield
+        else:
+            with original():
+                yield
+
+    dynamo_utils.preserve_rng_state = aot_autograd.preserve_rng_state = preserve_rng_state
+    graph_capture.warnings = _WarningsModule(catch_warnings)
+
+
+class _WarningsModule:
+    """The ``warnings`` module with another ``catch_warnings``."""
+
+    def __init__(self, catch_warnings: Any):
+        self.catch_warnings = catch_warnings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(warnings, name)
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Ops run here are not recorded by the TorchScript trace running on this thread:
+    the tensors they make are constants of the trace."""
+    tracing = get_tracing_state()
+    set_tracing_state(None)
+    try:
+        yield
+    finally:
+        set_tracing_state(tracing)
+
+
+# Copies many tensors in one call: the fused SVI step writes its results back with it.
+foreach_copy_: Callable[..., None] = torch._foreach_copy_
