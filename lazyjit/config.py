@@ -27,8 +27,8 @@ AUTO_SCRIPT_MAX_NODES = 30000
 #   same seed; aten's random ops keep a compiled program checkable against eager (and on
 #   CPU they are faster). On a GPU inductor's fused generator may win: set it False
 #   there if matching eager's draws does not matter.
-# cpp.enable_loop_tail_vec: torch 2.13's masked vector code for a loop's tail wrote out
-#   of bounds in a kernel of a fuzzed value-and-grad graph; scalar tails compute it right
+# cpp.enable_loop_tail_vec: torch 2.13's masked vector code for a loop's tail can write
+#   out of bounds in a value-and-grad kernel; scalar tails compute it right
 #   (tests/test_fuzz.py::test_inductor_tail_loops).
 # size_asserts: the generated code would check each input's sizes and strides, which the
 #   cache key (tensor arguments) and the param check (params) have checked already.

@@ -59,7 +59,7 @@ def announce_params(names: Sequence[str]) -> None:
     around the call see the params: an ``SVI`` step finds what to optimise this way."""
     if len(pyro_shim.HANDLER_STACK) == 1 and type(pyro_shim.HANDLER_STACK[0]) is TraceMessenger:
         # An SVI step's param capture and nothing else, at every step: record the sites
-        # as the statements would, without their message passing (half of their cost).
+        # as the statements would, without the cost of their message passing.
         trace = pyro_shim.HANDLER_STACK[0].trace
         for name in names:
             trace.add_node(name, **_param_message(name))

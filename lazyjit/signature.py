@@ -108,7 +108,7 @@ def _hashable(obj: Any, leaves: list, idents: list) -> tuple:
 
 
 # id -> the IdentityRef of the live object with that id: a model and a guide are keyed at
-# every call, and a new weak reference each time costs 1 to 2 us of an SVI step.
+# every call, and a new weak reference each time is a noticeable part of an SVI step.
 _IDENTITY_REFS: dict[int, IdentityRef] = {}
 
 
@@ -196,7 +196,7 @@ class CallGuard:
     """Whether a call has the signature of an earlier one, told without computing it.
 
     A compiled call site mostly repeats one signature (an SVI step, a NUTS leaf), and
-    :func:`signature` costs about 0.4 us per argument. The guard compares what the key
+    :func:`signature` runs Python code for every argument. The guard compares what the key
     took from each top-level argument instead: an identity-keyed object or a value by
     ``is``, the tensors in one C++ check of their sizes, strides, dtypes, devices and
     grad requirements (dynamo's ``TensorGuards``). Built only for calls without

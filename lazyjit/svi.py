@@ -1,7 +1,7 @@
 """``lazyjit.SVI``: a whole SVI step (loss, gradients, Adam update) as one compiled graph.
 
 ``pyro.infer.SVI`` with a compiled loss still runs Pyro's optimizer in Python: a
-``torch.optim.Adam`` per param, about 130 us a step for two params. :class:`SVI` captures
+``torch.optim.Adam`` per param, a large part of a small model's step. :class:`SVI` captures
 one function per call signature that computes the loss, its gradients (inside the graph)
 and the Adam update of every param, runs it as FX code at once and as inductor's code as
 the tiers of the ``"auto"`` backend say (see :mod:`lazyjit.backends.tiers`).

@@ -149,7 +149,7 @@ class GraphProgram(Program):
 class AtenBackend(Backend):
     """Captures the function once into an aten graph run as FX code.
 
-    The capture (:func:`lazyjit.recorder.record`, what ``make_fx`` does in its ``"real"``
+    The capture (:func:`lazyjit.graph.recorder.record`, what ``make_fx`` does in its ``"real"``
     mode) runs the function on the real tensors and records the aten ops as they execute.
     Two things follow that ``torch.export`` and ``aot_autograd`` (fake tensors, and dynamo
     for export, which graph-breaks at every Pyro site) would lose:

@@ -7,7 +7,7 @@ tests/test_auto.py checks the first point):
   it when it ends (dynamo's ``preserve_rng_state``). Beside a user's loop, that would
   rewind the user's random stream by every draw made meanwhile. The compile itself draws
   nothing (``fallback_random`` keeps random ops as aten calls), so on the compiler
-  thread the save and restore are skipped; elsewhere they run as before.
+  thread the save and restore are skipped; elsewhere they run unchanged.
 * aot_autograd traces the graph inside ``warnings.catch_warnings``, whose state is
   process-wide: interleaved with lazyjit's own warning-recording TorchScript trace,
   either could lose the other's warnings. Both take :data:`WARNINGS_LOCK`.

@@ -44,8 +44,8 @@ _CAPTURE_FILES = (__file__, recorder.__file__)
 def capture(
     fn: Flat, inputs: Sequence[torch.Tensor], replayable: bool = False, no_grad: bool = False
 ) -> tuple[GraphModule, frozenset[str]]:
-    """``fn`` recorded as an aten graph on ``inputs`` (:func:`lazyjit.recorder.record`,
-    ``make_fx``'s real mode), rid of its no-ops (:func:`lazyjit.simplify.simplify`) and
+    """``fn`` recorded as an aten graph on ``inputs`` (:func:`lazyjit.graph.recorder.record`,
+    ``make_fx``'s real mode), rid of its no-ops (:func:`lazyjit.graph.simplify.simplify`) and
     dead-code-eliminated, and the custom autograd Functions its outputs went through
     (only looked for if ``replayable``). ``no_grad``: the graph will only run under
     ``torch.no_grad()``.

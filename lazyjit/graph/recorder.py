@@ -2,8 +2,8 @@
 
 What ``make_fx`` does in its ``"real"`` mode, without what lazyjit does not use: the
 fake-tensor description of every node (most of ``make_fx``'s time on big graphs) and the
-``torch._dynamo`` import that ``make_fx`` starts with (seconds in a fresh process;
-``docs/architecture.md`` has the figures). A torch dispatch mode sees every aten op
+``torch._dynamo`` import that ``make_fx`` starts with (costly in a fresh process;
+``docs/backends.md`` has the figures). A torch dispatch mode sees every aten op
 below autograd, the backward's included, and appends it to an FX graph.
 """
 
@@ -95,7 +95,7 @@ class _Recorder(TorchDispatchMode):
 
     def track(self, tensor: torch.Tensor, node: Node, constant: bool) -> None:
         self._alive.append(tensor)
-        # What lazyjit.simplify needs to tell an identity op from a cast or a broadcast.
+        # What lazyjit.graph.simplify needs to tell an identity op from a cast or a broadcast.
         node.meta[SHAPE_DTYPE] = (tensor.shape, tensor.dtype)
         self._nodes[id(tensor)] = node
         if constant:

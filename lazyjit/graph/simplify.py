@@ -3,8 +3,8 @@
 A recorded graph keeps every op that eager ran, and autograd's backward is generous with
 no-ops: ``x * 1``, ``x + 0``, ``x ** 1`` (the derivative of ``x ** 2``), ``-(-x)``, and a
 ``detach`` wherever Pyro or autograd detaches. Inductor fuses them away; TorchScript's
-interpreter and FX code pay a dispatch for each (about 0.5 us on a CPU). The NUTS leaf
-of the seed Gaussian model has 187 nodes; without its no-ops (and what only they used), 151.
+interpreter and FX code pay a dispatch for each, and a small graph run at every step (a
+NUTS leaf) holds many of them (``docs/backends.md`` has the figures).
 """
 
 from __future__ import annotations
