@@ -170,6 +170,12 @@ class JitTrace_ELBO(LazyJitELBO, Trace_ELBO):
 
     ``compiled_fn`` is the :class:`lazyjit.CompiledFunction`; ``compiled_fn.stats``
     counts compilations.
+
+    Example (an unchanged SVI loop)::
+
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), lazyjit.JitTrace_ELBO())
+        for step in range(1000):
+            svi.step(data)
     """
 
     def _surrogate_and_loss(self, model, guide, args, kwargs):

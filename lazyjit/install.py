@@ -86,6 +86,14 @@ def install() -> Installation:
     ``lazyjit.install()`` (undo with :func:`uninstall`) or as
     ``with lazyjit.install(): ...``. lazyjit's own modules are not Pyro's, so the classes
     lazyjit derives from Pyro's keep their bases.
+
+    Example (a script written for Pyro's jit, unchanged)::
+
+        import lazyjit
+
+        lazyjit.install()
+        import pyro.infer  # pyro.infer.JitTrace_ELBO is lazyjit's from here on
+        svi = pyro.infer.SVI(model, guide, optim, pyro.infer.JitTrace_ELBO())
     """
     owner = not _replaced
     # A copy: importing is not expected here, but another thread may import meanwhile.

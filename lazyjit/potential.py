@@ -80,6 +80,11 @@ class CompiledPotential:
         against structure that depends on tensor values stays on).
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly when
         the potential cannot be compiled faithfully.
+
+    Example::
+
+        pe = lazyjit.CompiledPotential(lambda z: 0.5 * (z["x"] ** 2).sum())
+        energy, grads = pe.value_and_grad({"x": torch.ones(3)})
     """
 
     def __init__(

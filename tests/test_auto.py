@@ -373,7 +373,7 @@ def test_value_dependent_structure_is_guarded_on_every_tier(policy, fx_for_induc
                 assert_close(value, torch.tensor(expected))
                 tiers.add(program_of(compiled).lanes["value_and_grad"].tier)
     assert tiers == {"eager", "aten-jit", "inductor"}
-    ((_, entry),) = compiled._cache.items()
+    (entry,) = compiled.entries
     assert compiled.stats.guarded == 1 and len(entry.programs) == 2  # one for each side
     assert compiled.stats.fallbacks == 0
 

@@ -602,7 +602,7 @@ def test_constructor_accepts_pyro_arguments():
     assert elbo.num_particles == 3 and elbo.max_plate_nesting == 3  # + the particle plate
     assert elbo.compiled_fn.backend.name == "eager"
     assert elbo.compiled_fn.strict and elbo.compiled_fn.ignore_warnings
-    assert elbo.compiled_fn.verify == 2 and elbo.compiled_fn._cache.max_size == 4
+    assert elbo.compiled_fn.verify == 2 and elbo.compiled_fn.cache_size == 4
     with pytest.raises(LazyJitError, match="unknown lazyjit backend"):
         JitTrace_ELBO(backend="nope")
 

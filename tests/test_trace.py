@@ -533,7 +533,7 @@ def test_data_dependent_branch_is_guarded():
     stats = compiled.stats
     assert (stats.fallbacks, stats.guard_failures) == (0, 0)
     assert stats.compilations == 2  # a specialization for each side of the branch
-    ((_, entry),) = compiled._cache.items()
+    (entry,) = compiled.entries
     assert len(entry.programs) == 2
 
 
