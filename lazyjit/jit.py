@@ -100,7 +100,7 @@ class CompiledFunction:
     @property
     def entries(self) -> list[Entry]:
         """The compiled :class:`lazyjit.entry.Entry` objects, most recently used last."""
-        return list(self._cache.values())
+        return [entry for _, entry in self._cache.items()]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         entry, params, leaves, first = self._entry(args, kwargs, grad=False)

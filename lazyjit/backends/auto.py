@@ -98,22 +98,26 @@ class AutoBackend(Backend):
     :param first: tier 0: :class:`EagerBackend` (eager Pyro) by default;
         ``TorchScriptBackend(optimize=False)`` is faster on tier 0 where TorchScript
         is available, but drops random draws whose results go unused.
+    :param name: the name it is registered under (:func:`lazyjit.backends.register_backend`).
     """
 
     name = "auto"
     captures_graph = True
     compiles_graph = True
 
-    def __init__(self, policy: TierPolicy | None = None, first: Backend | None = None):
+    def __init__(
+        self, policy: TierPolicy | None = None, first: Backend | None = None, name: str = "auto"
+    ):
         self.policy = TierPolicy() if policy is None else policy
         self.first = EagerBackend() if first is None else first
+        self.name = name
 
     def replace(self, **changes: Any) -> AutoBackend:
-        """A copy with other ``policy`` or ``first``, or other policy fields
+        """A copy with another ``policy``, ``first`` or ``name``, or other policy fields
         (``warm_calls``, ``hot_calls``, ``switch_calls``)."""
         fields = {f.name for f in dataclasses.fields(TierPolicy)}
         policy = self.policy.replace(**{k: changes.pop(k) for k in fields & set(changes)})
-        return AutoBackend(**{"policy": policy, "first": self.first, **changes})
+        return AutoBackend(**{"policy": policy, "first": self.first, "name": self.name, **changes})
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
         try:
