@@ -61,8 +61,8 @@ def first_call(
         not options.strict,
         len(param_names),
         options.stats,
+        options.warned,
     )
-    flat.warned = options.warned
     outputs = flat.flatten(result)
     if grad:
         grads = gradients(outputs[0], [*params, *(leaves[i] for i in grad_leaves)])

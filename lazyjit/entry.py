@@ -90,7 +90,13 @@ class FlatFunction:
     """
 
     def __init__(
-        self, pure: Callable, name: str, guard: bool, num_params: int, stats: CompileStats
+        self,
+        pure: Callable,
+        name: str,
+        guard: bool,
+        num_params: int,
+        stats: CompileStats,
+        warned: set,
     ):
         self.pure = pure
         self.name = name
@@ -99,7 +105,7 @@ class FlatFunction:
         self.stats = stats
         self.spec: TreeSpec | None = None
         self.guarded = False
-        self.warned: set[str] = set()  # the owning CompiledFunction's warnings
+        self.warned = warned  # the owning CompiledFunction's: each cause warns once
 
     def fell_back(self) -> None:
         """Counts a part of the function that a backend runs eagerly after all."""
@@ -203,13 +209,13 @@ class Entry:
         self,
         run: Callable[[Program], tuple[Sequence[torch.Tensor], Any]],
         inputs: list[torch.Tensor],
-        specialize: Callable[[list[torch.Tensor]], Program],
+        specialize: Callable[[Entry, list[torch.Tensor]], Program],
     ) -> tuple[Sequence[torch.Tensor], Any]:
         """``run(self.program)`` for an entry whose program is guarded or verified.
 
         Where a guard fails, the call runs again from the random state it started with:
         on the entry's other specializations (the latest to hold is tried first), else
-        on a new one, ``specialize(inputs)``, compiled for this call (up to
+        on a new one, ``specialize(self, inputs)``, compiled for this call (up to
         :data:`lazyjit.config.MAX_SPECIALIZATIONS`), else eagerly. While the entry has
         ``verify`` checks left, the eager program also runs from that state and must agree.
         """
@@ -251,14 +257,14 @@ class Entry:
         return outputs, rest
 
     def _specialize(
-        self, inputs: list[torch.Tensor], specialize: Callable[[list[torch.Tensor]], Program]
+        self, inputs: list[torch.Tensor], specialize: Callable[[Entry, list[torch.Tensor]], Program]
     ) -> Program:
         """What runs a call whose values no specialization of the entry was traced for:
         a new specialization, traced on copies of this call's tensors (moving no random
         stream), or the eager program once the entry has its fill."""
         stats = self.flat.stats
         if len(self.programs) < config.MAX_SPECIALIZATIONS:
-            program = specialize(inputs)
+            program = specialize(self, inputs)
             stats.compilations += 1
             logger.info("lazyjit: %s is specialized for other values", self.flat.name)
             self.programs.insert(0, program)  # an eager fallback too: it holds for any value

@@ -109,7 +109,7 @@ class CompiledFunction:
         if entry.checks_left or entry.flat.guarded:
             inputs = [*params, *leaves]
             outputs, _ = entry.run_checked(
-                lambda program: (program(*inputs), None), inputs, self._specialization(entry)
+                lambda program: (program(*inputs), None), inputs, self._specialize
             )
         else:
             outputs = entry.program(*params, *leaves)
@@ -137,7 +137,7 @@ class CompiledFunction:
             outputs, grads = entry.run_checked(
                 lambda program: program.value_and_grad(inputs, entry.wrt),
                 inputs,
-                self._specialization(entry),
+                self._specialize,
             )
         else:
             outputs, grads = entry.program.value_and_grad(inputs, entry.wrt)
@@ -205,11 +205,11 @@ class CompiledFunction:
         self.stats.evictions += len(self._cache.put(key, entry, idents))
         return result
 
-    def _specialization(self, entry: Entry) -> Callable[[list[torch.Tensor]], Program]:
+    def _specialize(self, entry: Entry, inputs: list[torch.Tensor]) -> Program:
+        """A program for ``entry`` specialized for this call's values (see
+        :meth:`lazyjit.entry.Entry.run_checked`)."""
         num_params = len(entry.param_names)
-        return lambda inputs: compile_on_copies(
-            self, entry.flat, inputs[:num_params], inputs[num_params:]
-        )
+        return compile_on_copies(self, entry.flat, inputs[:num_params], inputs[num_params:])
 
     @property
     def _name(self) -> str:

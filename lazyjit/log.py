@@ -15,11 +15,14 @@ class Stopwatch:
     def __init__(self) -> None:
         self.start = time.perf_counter()
 
-    def done(self, add: Callable[[float], None] | None, message: str, *args: object) -> float:
+    def elapsed(self) -> float:
+        """The seconds since the start."""
+        return time.perf_counter() - self.start
+
+    def done(self, add: Callable[[float], None], message: str, *args: object) -> float:
         """The seconds since the start, passed to ``add`` (a total of compile seconds)
         and logged at INFO as ``message % (*args, seconds)``."""
-        seconds = time.perf_counter() - self.start
-        if add is not None:
-            add(seconds)
+        seconds = self.elapsed()
+        add(seconds)
         logger.info(message, *args, seconds)
         return seconds

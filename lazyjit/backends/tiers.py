@@ -28,7 +28,7 @@ import torch
 from torch.fx import GraphModule
 
 from .. import config
-from ..errors import LazyJitError, StructureError, StructureWarning, warn_once
+from ..errors import LazyJitError, LazyJitWarning, StructureError, StructureWarning, warn_once
 from ..graph.capture import (
     Flat,
     Runner,
@@ -153,6 +153,9 @@ class Lane:
         clock = Stopwatch()
         try:
             graph_module, grad = capture_lane(self.owner.flat, self.kind, inputs, wrt)
+        except Unkeepable as e:
+            logger.info("lazyjit: plain calls stay on %s: %s", self.tier, e)
+            return False
         except StructureError as e:
             if not getattr(self.owner.flat, "guard", True):  # strict: no guards, no fallback
                 raise LazyJitError(
@@ -167,9 +170,6 @@ class Lane:
         except Exception as e:  # noqa: BLE001 - the lane's tier computes the same thing
             self._stay(f"capturing its graph failed ({type(e).__name__}: {e})")
             return False
-        if graph_module is None:
-            logger.info("lazyjit: plain calls stay on %s: %s", self.tier, grad)
-            return False
         self.wrt, self.graph_module, self.grad = wrt, graph_module, grad
         clock.done(
             self.owner.add_compile_seconds,
@@ -182,15 +182,12 @@ class Lane:
         )
         return True
 
-    def _stay(self, reason: str, category: type[Warning] | None = None) -> None:
+    def _stay(self, reason: str, category: type[Warning] = LazyJitWarning) -> None:
         fell_back = getattr(self.owner.flat, "fell_back", None)
         if fell_back is not None:
             fell_back()
         message = f"lazyjit: {self.kind} stays on {self.tier}: {reason}"
-        if category is None:
-            warn_once(self.warned, "capture", message)
-        else:
-            warn_once(self.warned, "capture", message, category)
+        warn_once(self.warned, "capture", message, category)
 
     def _tier_up(self, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> None:
         try:
@@ -228,12 +225,14 @@ class Lane:
         """At the switch call: waits for the compile, and switches to it."""
         clock = Stopwatch()
         concurrent.futures.wait([self.future])
-        self.waited_seconds = clock.done(
-            None,
-            "lazyjit: %s waited at call %d for its inductor compile: %.3f s",
-            self.kind,
-            self.calls,
-        )
+        self.waited_seconds = clock.elapsed()
+        if self.waited_seconds > 0.001:
+            logger.info(
+                "lazyjit: %s waited %.3f s at call %d for its inductor compile",
+                self.kind,
+                self.waited_seconds,
+                self.calls,
+            )
         self._finish_compile(self.future)
         self.settle()
 
@@ -269,12 +268,16 @@ class Lane:
         self.tier = tier
 
 
+class Unkeepable(Exception):
+    """A plain call's graph cannot keep its backward (a custom autograd Function)."""
+
+
 def capture_lane(
     flat: Flat, kind: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int]
-) -> tuple[GraphModule | None, Any]:
-    """A lane's graph, captured on copies of the call's tensors: (graph, whether its
-    outputs must be differentiable), or (None, why not) for a plain call whose backward
-    an aten graph cannot keep."""
+) -> tuple[GraphModule, bool]:
+    """A lane's graph, captured on copies of the call's tensors, and whether its outputs
+    must be differentiable. Raises :class:`Unkeepable` for a plain call whose backward an
+    aten graph cannot keep."""
     fresh = fresh_inputs(flat, inputs)
     with PYRO_LOCK:
         if kind == "value_and_grad":
@@ -283,7 +286,7 @@ def capture_lane(
     grad = needs_autograd(inputs)
     if grad and custom_autograd:
         names = ", ".join(sorted(custom_autograd))
-        return None, f"they use {names}, whose backward an aten graph cannot keep"
+        raise Unkeepable(f"they use {names}, whose backward an aten graph cannot keep")
     return graph_module, grad
 
 
