@@ -40,3 +40,7 @@ INDUCTOR_CONFIG: dict[str, Any] = {
 # Added for compiles beside the user's loop: inductor compiles C++ in a pool of worker
 # processes, one per CPU; one leaves the loop a CPU of its own on a small machine.
 BACKGROUND_INDUCTOR_CONFIG: dict[str, Any] = {"compile_threads": 1}
+# "auto" compiles its hot graphs in a worker process (lazyjit.backends.worker) where
+# this process may use two CPUs or more: beside the user's loop, a compile on a thread
+# of its own slows the loop down several times while it runs.
+COMPILE_WORKER = True

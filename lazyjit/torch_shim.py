@@ -7,9 +7,14 @@ longer exists fails where it is used (a backend then falls back, with a warning)
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import importlib.util
 import inspect
 import linecache
+import os
+import re
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -148,6 +153,17 @@ def import_inductor() -> None:
         import torch._inductor.compile_fx  # noqa: F401
 
 
+def warm_inductor() -> None:
+    """Pays what inductor's first compile in a process pays before its graph: the
+    import, the probe of the CPU's vector instructions and the hash of torch's sources."""
+    import_inductor()
+    from torch._inductor.codecache import torch_key
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    pick_vec_isa()
+    torch_key()
+
+
 def plain_inference_code(compiled: Callable, num_inputs: int, num_outputs: int) -> Any:
     """The generated code inside an inductor inference ``compiled`` with ``num_inputs``
     (constants included) and ``num_outputs``, where aot_autograd's runtime wrappers would
@@ -180,6 +196,118 @@ def plain_inference_code(compiled: Callable, num_inputs: int, num_outputs: int) 
     ):
         return None
     return code
+
+
+# --- inductor's generated code, loaded without inductor --------------------------------
+# The module inductor generates for a graph imports much of inductor: loading it costs a
+# process about 2 s the first time (the import, a probe compile of the CPU's vector
+# instructions, a hash of torch's sources). Its ``call`` needs none of that: the kernels
+# compiled for it, allocators from torch._C, and torch's matmuls. A compile worker
+# (lazyjit.backends.worker) compiles and describes the module with
+# :func:`loadable_output_code`; the user's process loads it with :func:`load_output_code`,
+# giving the module stand-ins for what it imports from inductor.
+_INDUCTOR_IMPORTS = {
+    "torch._inductor.hooks": ("run_intermediate_hooks",),
+    "torch._inductor.utils": ("maybe_profile",),
+    "torch._inductor.codegen.memory_planning": ("_align",),
+    "torch._inductor.async_compile": ("AsyncCompile",),
+    "torch._inductor.select_algorithm": ("extern_kernels",),
+}
+# Imported names that ``call`` must not use: their stand-ins only fail.
+_UNUSABLE = ("run_intermediate_hooks", "maybe_profile", "align")
+
+
+def loadable_output_code(code: Any) -> dict[str, Any] | None:
+    """What :func:`load_output_code` needs to load the module behind ``code`` (what
+    :func:`plain_inference_code` returned, in the process that compiled it): its path,
+    each kernel's extension module (in the order the module makes them) and the torch
+    functions it calls as ``extern_kernels``. ``None`` where the module uses more of
+    inductor than the stand-ins cover."""
+    from torch._inductor.select_algorithm import extern_kernels
+
+    call = getattr(code, "current_callable", None)
+    module_globals = getattr(getattr(call, "__func__", call), "__globals__", {})
+    path = module_globals.get("__file__")
+    if path is None:
+        return None
+    with open(path) as f:
+        source = f.read()
+    body = "\n".join(
+        line for line in source.splitlines() if not line.startswith(("from ", "import "))
+    )
+    if any(re.search(rf"\b{name}\b", body) for name in _UNUSABLE):
+        return None
+    kernels = []
+    for name, method in re.findall(r"^(\w+) = async_compile\.(\w+)\(", source, re.M):
+        kernel = module_globals.get(name)
+        module = getattr(kernel, "__self__", None)
+        if method != "cpp_pybinding" or not isinstance(module, types.ModuleType):
+            return None
+        kernels.append((module.__name__, module.__file__, kernel.__name__))
+    externs = sorted(set(re.findall(r"\bextern_kernels\.(\w+)", source)))
+    if any(getattr(torch, name, None) is not getattr(extern_kernels, name, 0) for name in externs):
+        return None
+    return {"path": path, "kernels": kernels, "externs": externs}
+
+
+def load_output_code(loadable: dict[str, Any]) -> Callable[[list], Any]:
+    """The ``call`` of the module :func:`loadable_output_code` described, loaded without
+    importing inductor. Raises where the module does not load so."""
+    kernels = iter([_load_kernel(*kernel) for kernel in loadable["kernels"]])
+
+    class AsyncCompile:
+        def cpp_pybinding(self, argtypes: Any, source: str) -> Any:
+            return next(kernels)
+
+        def wait(self, scope: Any) -> None:
+            pass
+
+    def unusable(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("lazyjit loaded this inductor code without inductor")
+
+    stand_ins = {
+        "run_intermediate_hooks": unusable,
+        "maybe_profile": unusable,
+        "_align": unusable,
+        "AsyncCompile": AsyncCompile,
+        "extern_kernels": types.SimpleNamespace(
+            **{name: getattr(torch, name) for name in loadable["externs"]}
+        ),
+    }
+    modules = {
+        name: types.SimpleNamespace(**{n: stand_ins[n] for n in names})
+        for name, names in _INDUCTOR_IMPORTS.items()
+    }
+
+    def import_(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("torch._inductor"):
+            return modules[name]  # a KeyError: the module imports more than is stood in
+        return builtins.__import__(name, *args, **kwargs)
+
+    path = loadable["path"]
+    with open(path) as f:
+        source = f.read()
+    scope: dict[str, Any] = {
+        "__builtins__": {**vars(builtins), "__import__": import_},
+        "__name__": "lazyjit_inductor_code",
+        "__file__": path,
+    }
+    exec(compile(source, path, "exec"), scope)
+    if next(kernels, None) is not None:
+        raise RuntimeError(f"{path} made fewer kernels than it was compiled with")
+    return scope["call"]
+
+
+def _load_kernel(module_name: str, path: str, function: str) -> Callable:
+    """A kernel inductor compiled as a Python extension module."""
+    # Its init reads where torch's tensor-to-data-pointer function lies from there.
+    os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(
+        torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr
+    )
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, function)
 
 
 def thread_safe_compiles(skip_rng_restore: Callable[[], bool], catch_warnings: Any) -> None:

@@ -40,7 +40,8 @@ def policy(monkeypatch):
     """``policy(warm, hot, switch)``: auto programs compiled from now on follow it."""
 
     def set_policy(warm=INF, hot=INF, switch=0):
-        monkeypatch.setattr(lazyjit.BACKENDS["auto"], "policy", TierPolicy(warm, hot, switch))
+        policy = TierPolicy(warm, hot, switch, local_hot_calls=hot)
+        monkeypatch.setattr(lazyjit.BACKENDS["auto"], "policy", policy)
 
     return set_policy
 
@@ -54,8 +55,10 @@ def hot_after(policy):
 
 @pytest.fixture
 def fx_for_inductor(monkeypatch):
-    """Inductor replaced by the captured graph's own FX code: tiering without the cost."""
+    """Inductor replaced by the captured graph's own FX code: tiering without the cost
+    (and without the compile worker, whose inductor this cannot replace)."""
     compiled = []
+    monkeypatch.setattr(lazyjit.config, "COMPILE_WORKER", False)
 
     def compile_as_fx(graph_module, inputs, grad, config=None):
         compiled.append(grad)
@@ -69,12 +72,16 @@ def fx_for_inductor(monkeypatch):
 def held_inductor(monkeypatch):
     """Inductor replaced by FX code that is ready only once the returned Event is set."""
     release = threading.Event()
+    monkeypatch.setattr(lazyjit.config, "COMPILE_WORKER", False)
 
     def slow_compile(graph_module, inputs, grad, config=None):
         assert release.wait(timeout=60)
         return graph_module.forward
 
     monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", slow_compile)
+    monkeypatch.setattr(
+        lazyjit.config, "COMPILE_WORKER", False
+    )  # it stands for inductor in this process only
     yield release
     release.set()
 
@@ -197,6 +204,9 @@ def test_a_late_compile_is_waited_for(policy, monkeypatch):
         return graph_module.forward
 
     monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", slow_compile)
+    monkeypatch.setattr(
+        lazyjit.config, "COMPILE_WORKER", False
+    )  # it stands for inductor in this process only
     policy(hot=1, switch=1)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)
@@ -303,6 +313,9 @@ def test_failed_inductor_compile_falls_back_one_tier_with_one_warning(monkeypatc
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(lazyjit.backends.tiers, "inductor_compile", broken)
+    monkeypatch.setattr(
+        lazyjit.config, "COMPILE_WORKER", False
+    )  # it stands for inductor in this process only
     hot_after(1)
     compiled = lazyjit.trace(noisy_log_prob)
     x = torch.randn(5)

@@ -90,7 +90,9 @@ def test_the_tier_policy_is_data():
     auto = get_backend("auto")
     early = auto.replace(hot_calls=5, name="auto-early")
     assert early is not auto and isinstance(early, AutoBackend)
-    assert early.policy == TierPolicy(warm_calls=2, hot_calls=5, switch_calls=2000)
+    assert early.policy == TierPolicy(
+        warm_calls=2, hot_calls=5, switch_calls=10000, local_hot_calls=2000
+    )
     assert early.name == "auto-early" and auto.name == "auto"
     assert auto.policy == TierPolicy()  # unchanged
     assert isinstance(auto.replace(first=EagerBackend()).first, EagerBackend)

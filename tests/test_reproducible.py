@@ -60,7 +60,7 @@ def test_first_svi_losses_equal_eager_pyro(backend):
 def test_svi_losses_equal_eager_pyro_across_auto_tiers(monkeypatch):
     """Each of auto's tiers in turn, the switches included, with inductor's code."""
     auto = lazyjit.BACKENDS["auto"]
-    monkeypatch.setattr(auto, "policy", TierPolicy(warm_calls=5, hot_calls=15, switch_calls=10))
+    monkeypatch.setattr(auto, "policy", TierPolicy(5, 15, 10, local_hot_calls=15))
     data = gaussian_data(20)
     expected = svi_losses(Trace_ELBO(), data)
     elbo, kept = lazyjit.JitTrace_ELBO(), []
@@ -90,7 +90,7 @@ SCRIPT = textwrap.dedent(
     from pyro.infer.autoguide import AutoDiagonalNormal
 
     if sys.argv[1] == "short":
-        lazyjit.BACKENDS["auto"].policy = TierPolicy(warm_calls=2, hot_calls=20, switch_calls=30)
+        lazyjit.BACKENDS["auto"].policy = TierPolicy(2, 20, 30, local_hot_calls=20)
     pyro.set_rng_seed(0)
     data = gaussian_data(100)
     guide = AutoDiagonalNormal(gaussian_model)

@@ -33,13 +33,14 @@ def no_compile_left_behind():
 @pytest.fixture(autouse=True)
 def quick_switch(monkeypatch):
     """Fused steps take inductor's code 3 steps after they start compiling."""
-    policy = TierPolicy(switch_calls=3)
+    policy = TierPolicy(switch_calls=3, local_hot_calls=1)
     monkeypatch.setattr(lazyjit.BACKENDS["auto"], "policy", policy)
 
 
 @pytest.fixture
 def fx_for_inductor(monkeypatch):
-    """Inductor replaced by the captured graph's own FX code."""
+    """Inductor replaced by the captured graph's own FX code (and no compile worker)."""
+    monkeypatch.setattr(lazyjit.config, "COMPILE_WORKER", False)
     monkeypatch.setattr(
         lazyjit.backends.tiers,
         "inductor_compile",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from ..graph.capture import Flat
 from .base import Backend, EagerBackend, Program
 from .threads import PYRO_LOCK
 from .tiers import Lane, LaneRunner, TierPolicy
+from .worker import WORKER
 
 
 class TieredProgram(Program):
@@ -41,6 +43,8 @@ class TieredProgram(Program):
             "value_and_grad": Lane(self, "value_and_grad", tier, policy, grad),
         }
         self._plain, self._grad = self.lanes["call"], self.lanes["value_and_grad"]
+        if policy.hot_calls < math.inf:
+            WORKER.start()  # its start overlaps the calls until a lane is hot
 
     @classmethod
     def of_graph(cls, flat: Flat, graph_module: GraphModule, policy: TierPolicy) -> TieredProgram:

@@ -42,6 +42,7 @@ from .aten_jit import script_graph
 from .base import needs_autograd
 from .inductor import inductor_compile
 from .threads import COMPILER, PYRO_LOCK, TRACE_LOCK, done_future, prepare_inductor_for_threads
+from .worker import WORKER, WorkerLost
 
 # What a lane runs for a call: (inputs, wrt) -> the call's result.
 LaneRunner = Callable[[Sequence[torch.Tensor], Sequence[int]], Any]
@@ -53,21 +54,26 @@ class TierPolicy:
     calls switches at the same calls in every run, so a seeded program gives the same
     numbers every time (``docs/reliability.md``).
 
-    Example: ``lazyjit.trace(fn, backend=AutoBackend(TierPolicy(hot_calls=100)))``.
+    Example: ``lazyjit.trace(fn, backend=AutoBackend(TierPolicy(hot_calls=1000)))``.
 
-    :ivar warm_calls: after this many calls on tier 0, the lane's aten graph is captured
-        and runs on TorchScript (or as FX code) from the next call on.
-    :ivar hot_calls: after this many calls, inductor compiles that graph in the
-        background (a differentiable plain call: on the calling thread, at once).
+    :ivar warm_calls: after this many calls on tier 0, the lane's aten graph is captured and
+        runs on TorchScript (or as FX code) from the next call on.
+    :ivar hot_calls: after this many calls, inductor compiles that graph in the compile
+        worker, a process of its own (``lazyjit.backends.worker``).
     :ivar switch_calls: the lane runs the inductor code from this many calls after it
         was hot, waiting there for the compile if it is not done yet. ``None`` switches
         as soon as the compile is done instead: faster to arrive, but at a call that
         depends on the machine's load, so two runs may differ in the last bits.
+    :ivar local_hot_calls: where the compile must run in this process instead (a training
+        compile, or no worker: one CPU, or :data:`lazyjit.config.COMPILE_WORKER` off), the
+        lane is hot after this many calls (and ``hot_calls``): such a compile slows this
+        process's loop down while it runs (a training compile stops it).
     """
 
     warm_calls: float = 2
-    hot_calls: float = 2000
-    switch_calls: float | None = 2000
+    hot_calls: float = 100
+    switch_calls: float | None = 10000
+    local_hot_calls: float = 2000
 
     def replace(self, **changes: float | None) -> TierPolicy:
         """A copy with ``changes`` (``math.inf``: never)."""
@@ -112,6 +118,7 @@ class Lane:
         self.grad = False
         self.future: Future | None = None
         self.switch_at = math.inf
+        self.hot_at = self._hot_at()
         self.waited_seconds = 0.0
         self.warned: set[str] = set()
         self._lock = threading.Lock()
@@ -123,12 +130,19 @@ class Lane:
         if self.future is not None:
             if self.calls >= self.switch_at or (policy.switch_calls is None and self.future.done()):
                 self._take_compiled()
-        elif self.calls >= policy.hot_calls and self._claim("hot"):
+        elif self.calls >= self.hot_at and self._claim("hot"):
             self._tier_up(inputs, wrt)
         elif not self.warm and self.calls >= policy.warm_calls and self._claim("warm"):
             if self.graph_module is not None or self._capture(inputs, wrt):
                 self._run_captured(inputs)
         return result
+
+    def _hot_at(self) -> float:
+        """The call after which the lane is hot: ``policy.hot_calls`` where the compile
+        can go to the worker, ``policy.local_hot_calls`` (at least) where it cannot."""
+        if not self.grad and WORKER.usable():
+            return self.policy.hot_calls
+        return max(self.policy.hot_calls, self.policy.local_hot_calls)
 
     def _claim(self, flag: str) -> bool:
         """Sets ``flag`` (``"warm"`` or ``"hot"``); whether this thread got there first."""
@@ -171,6 +185,7 @@ class Lane:
             self._stay(f"capturing its graph failed ({type(e).__name__}: {e})")
             return False
         self.wrt, self.graph_module, self.grad = wrt, graph_module, grad
+        self.hot_at = self._hot_at()
         clock.done(
             self.owner.add_compile_seconds,
             "lazyjit: %s is %s after %d calls on %s; captured its graph (%d nodes) in %.3f s",
@@ -318,8 +333,19 @@ def hot_runner(
     grad: bool,
     add_seconds: Callable[[float], None],
 ) -> Runner:
-    """A hot lane's graph compiled by inductor (on the compiler thread, unless ``grad``)."""
+    """A hot lane's graph compiled by inductor: in the compile worker, or else on the
+    compiler thread (on the calling thread where ``grad``)."""
     clock = Stopwatch()
+    if not grad and WORKER.usable():
+        try:
+            compiled = WORKER.compile(graph_module, inputs, config.BACKGROUND_INDUCTOR_CONFIG)
+        except WorkerLost as e:
+            logger.info("lazyjit: a graph compiles in this process: %s", e)
+        else:
+            if compiled is not None:
+                clock.done(add_seconds, "lazyjit: inductor compiled a graph in a worker in %.3f s")
+                return compiled
+            logger.info("lazyjit: a graph compiles in this process: its code needs inductor")
     prepare_inductor_for_threads()
     compiled = inductor_compile(graph_module, inputs, grad, config.BACKGROUND_INDUCTOR_CONFIG)
     clock.done(add_seconds, "lazyjit: inductor compiled a graph in %.3f s")

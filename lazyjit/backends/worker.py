@@ -1,0 +1,208 @@
+"""The compile worker: a process of its own in which inductor compiles ``"auto"``'s hot
+graphs.
+
+On a thread of the user's process, a compile holds the GIL for most of its run, and the
+user's loop slows to a crawl meanwhile; and the first inductor compile in a process pays
+for loading inductor itself (its import, a probe compile of the CPU's vector
+instructions, a hash of torch's sources) before its graph. The worker pays both on a CPU
+of its own. It compiles with the user's process's settings, so it fills inductor's
+on-disk cache for it too, and sends back where the generated code lies; the user's
+process loads that code without importing inductor (``torch_shim.load_output_code``).
+What cannot be handed over so (a training compile, code that uses more of inductor) the
+user's process compiles itself, as it would without a worker.
+
+The worker starts when a lane first captures a graph, so that its start overlaps the
+calls before the lane is hot; it exits when the user's process does (its stdin closes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+import torch
+from torch.fx import GraphModule
+from torch.fx.node import map_aggregate, map_arg
+
+from .. import config, torch_shim
+from ..graph.capture import Runner, constants
+from ..log import logger
+from ..torch_shim import OpOverload
+
+
+class WorkerLost(Exception):
+    """The worker process is gone (or never started): compile in this process instead."""
+
+
+class CompileWorker:
+    """The one compile worker process of this process, started on first need."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self.lost: str | None = None  # why the worker is gone, once it is
+        self._cpus = len(os.sched_getaffinity(0))
+
+    def usable(self) -> bool:
+        """Whether compiles should go to the worker: it is enabled
+        (:data:`lazyjit.config.COMPILE_WORKER`), not lost, and this process may use two
+        CPUs (on one, the worker would only take the loop's)."""
+        return config.COMPILE_WORKER and self.lost is None and self._cpus > 1
+
+    def start(self) -> None:
+        """Starts the worker unless it runs already."""
+        with self._lock:
+            if self._process is not None or not self.usable():
+                return
+            path = os.pathsep.join(p for p in sys.path if p)
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", "from lazyjit.backends.worker import main; main()"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": path},
+                )
+            except OSError as e:
+                self.lost = f"it did not start ({e})"
+                return
+        logger.info("lazyjit: started a compile worker (process %d)", self._process.pid)
+
+    def compile(
+        self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], settings: dict[str, Any]
+    ) -> Runner | None:
+        """``graph_module``'s inference code compiled by inductor in the worker for
+        inputs like ``inputs``, with :data:`lazyjit.config.INDUCTOR_CONFIG` and
+        ``settings``; ``None`` where it cannot be handed over. Raises what inductor
+        raised, or :class:`WorkerLost`."""
+        self.start()
+        metas = [(tuple(t.shape), t.stride(), t.dtype, t.device) for t in inputs]
+        try:
+            job = pickle.dumps((pack(graph_module), metas, {**config.INDUCTOR_CONFIG, **settings}))
+        except Exception as e:  # noqa: BLE001 - whatever the graph holds that does not pickle
+            raise WorkerLost(f"the graph does not pickle ({type(e).__name__}: {e})") from e
+        with self._lock:
+            process = self._process
+            if process is None:
+                raise WorkerLost(self.lost or "no worker")
+            try:
+                process.stdin.write(job)
+                process.stdin.flush()
+                kind, value = pickle.load(process.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError) as e:
+                self.lost = f"it exited ({type(e).__name__}: {e})"
+                self._process = None
+                raise WorkerLost(self.lost) from e
+        if kind == "failed":
+            raise RuntimeError(value)
+        if value is None:
+            return None
+        call = torch_shim.load_output_code(value)
+        held = constants(graph_module)
+        return lambda *inputs: call([*held, *inputs])
+
+
+WORKER = CompileWorker()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ref:
+    """A node of a packed graph, by name (a tuple would be mapped into)."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Op:
+    """An aten operator, by name (operators do not pickle)."""
+
+    name: str  # as OpOverload.name() gives it: "aten::add.Tensor"
+
+    def resolve(self) -> Any:
+        namespace, _, qualified = self.name.partition("::")
+        name, _, overload = qualified.partition(".")
+        return getattr(getattr(getattr(torch.ops, namespace), name), overload or "default")
+
+
+def pack(graph_module: GraphModule) -> tuple:
+    """``graph_module`` as picklable parts. GraphModule's own pickling re-traces its
+    code, which can make other constants than the graph held."""
+    nodes = [
+        (
+            node.op,
+            node.name,
+            _Op(node.target.name()) if isinstance(node.target, OpOverload) else node.target,
+            map_arg(node.args, lambda n: _Ref(n.name)),
+            map_arg(node.kwargs, lambda n: _Ref(n.name)),
+        )
+        for node in graph_module.graph.nodes
+    ]
+    return nodes, dict(graph_module.named_parameters()), dict(graph_module.named_buffers())
+
+
+def unpack(nodes: list[tuple], parameters: dict, buffers: dict) -> GraphModule:
+    """The graph module :func:`pack` took apart, holding the same constants in the same
+    order (inductor's code takes them as its first arguments)."""
+    graph = torch.fx.Graph()
+    made: dict[str, torch.fx.Node] = {}
+    for op, name, target, args, kwargs in nodes:
+        args, kwargs = map_aggregate(
+            (args, kwargs), lambda a: made[a.name] if isinstance(a, _Ref) else a
+        )
+        target = target.resolve() if isinstance(target, _Op) else target
+        made[name] = graph.create_node(op, target, args, kwargs, name)
+    root = torch.nn.Module()
+    for name, tensor in buffers.items():
+        root.register_buffer(name, tensor)
+    for name, tensor in parameters.items():
+        root.register_parameter(name, tensor)
+    graph_module = GraphModule(root, graph)
+    graph_module._parameters.update(parameters)  # what the graph does not read too
+    graph_module._buffers.clear()
+    graph_module._buffers.update(buffers)
+    return graph_module
+
+
+def compile_loadable(
+    graph_module: GraphModule, metas: Sequence[tuple], settings: dict[str, Any]
+) -> dict[str, Any] | None:
+    """In the worker: compiles ``graph_module`` for inputs described by ``metas``; what
+    the user's process needs to load the code, or ``None``."""
+    inputs = [
+        torch.empty_strided(shape, stride, dtype=dtype, device=device)
+        for shape, stride, dtype, device in metas
+    ]
+    num_inputs = len(constants(graph_module)) + len(inputs)
+    num_outputs = len(graph_module.graph.output_node().args[0])
+    with torch.no_grad():
+        compiled = torch_shim.compile_fx(graph_module, inputs, settings)
+    code = torch_shim.plain_inference_code(compiled, num_inputs, num_outputs)
+    return None if code is None else torch_shim.loadable_output_code(code)
+
+
+def main(jobs: BinaryIO | None = None, replies: BinaryIO | None = None) -> None:
+    """The worker's loop: a job from stdin, its reply to stdout, until stdin closes."""
+    if replies is None:
+        replies = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)  # anything printed goes to stderr, not into the replies
+    jobs = jobs or sys.stdin.buffer
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the user's process reports what matters
+    torch_shim.warm_inductor()  # while the user's process still runs its first calls
+    while True:
+        try:
+            packed, metas, settings = pickle.load(jobs)
+        except EOFError:
+            return
+        try:
+            reply = ("compiled", compile_loadable(unpack(*packed), metas, settings))
+        except Exception as e:  # noqa: BLE001 - the user's process decides what to do
+            reply = ("failed", f"inductor failed to compile the graph ({type(e).__name__}: {e})")
+        pickle.dump(reply, replies)
+        replies.flush()

@@ -1,0 +1,137 @@
+"""The compile worker: inductor compiles in a process of its own, and this process loads
+the generated code without importing inductor (``lazyjit.backends.worker``)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import lazyjit
+import lazyjit.backends.tiers
+import lazyjit.config
+from lazyjit.backends import TierPolicy
+from lazyjit.backends.worker import WORKER, CompileWorker, WorkerLost, pack, unpack
+from lazyjit.examples import gaussian_data, gaussian_model
+from lazyjit.graph.capture import constants
+
+
+def captured_graph():
+    """The seed Gaussian SVI's value-and-grad graph and inputs, as auto captured them."""
+    from pyro.infer import SVI
+    from pyro.infer.autoguide import AutoDiagonalNormal
+
+    import pyro
+
+    pyro.clear_param_store()
+    backend = lazyjit.BACKENDS["auto"].replace(hot_calls=float("inf"), local_hot_calls=0)
+    elbo = lazyjit.JitTrace_ELBO(backend=backend)
+    data = gaussian_data(20)
+    svi = SVI(gaussian_model, AutoDiagonalNormal(gaussian_model), pyro.optim.Adam({}), elbo)
+    for _ in range(3):
+        svi.step(data)
+    (program,) = elbo.compiled_fn.compiled.values()
+    return program.lanes["value_and_grad"].graph_module
+
+
+def test_a_packed_graph_unpacks_to_the_same_code_and_constants():
+    graph_module = captured_graph()
+    unpacked = unpack(*pack(graph_module))
+    assert unpacked.code == graph_module.code
+    # Inductor's code takes the constants first, in this order: it must be the same.
+    assert [id(t) for t in constants(unpacked)] == [id(t) for t in constants(graph_module)]
+
+
+@pytest.mark.parametrize("failure", [WorkerLost("gone"), None])
+def test_what_the_worker_cannot_compile_compiles_here(monkeypatch, failure):
+    def worker_compile(*args):
+        if failure is None:
+            return None  # code that needs inductor to load
+        raise failure
+
+    here = []
+    monkeypatch.setattr(WORKER, "compile", worker_compile)
+    monkeypatch.setattr(
+        lazyjit.backends.tiers,
+        "inductor_compile",
+        lambda graph_module, inputs, grad, config=None: here.append(grad) or graph_module.forward,
+    )
+    runner = lazyjit.backends.tiers.hot_runner(captured_graph(), [], False, lambda s: None)
+    assert here == [False] and callable(runner)
+
+
+def test_a_worker_that_exits_is_lost_and_says_why(monkeypatch):
+    monkeypatch.setattr(lazyjit.config, "COMPILE_WORKER", True)
+    worker = CompileWorker()
+    monkeypatch.setattr(worker, "_cpus", 2)
+    worker.start()
+    worker._process.kill()
+    worker._process.wait()
+    graph_module = captured_graph()
+    with pytest.raises(WorkerLost, match="exited"):
+        worker.compile(graph_module, [torch.zeros(2)] * 3, {})
+    assert not worker.usable() and "exited" in worker.lost
+    with pytest.raises(WorkerLost):  # and stays lost
+        worker.compile(graph_module, [torch.zeros(2)] * 3, {})
+
+
+# A seeded SVI run whose value-and-grad lane reaches inductor's code through the worker,
+# then the same graph compiled by inductor in this process, on the same inputs.
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import pyro, torch
+    import lazyjit
+    from lazyjit.backends import TierPolicy, wait_for_compiles
+    from lazyjit.examples import gaussian_data, gaussian_model
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoDiagonalNormal
+
+    def losses(elbo):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        data = gaussian_data(50)
+        guide = AutoDiagonalNormal(gaussian_model)
+        svi = SVI(gaussian_model, guide, pyro.optim.Adam({"lr": 0.02}), elbo)
+        return [svi.step(data) for _ in range(12)], guide  # the entry lives as long as guide
+
+    lazyjit.BACKENDS["auto"].policy = TierPolicy(2, 3, 4)  # inductor's code from call 7
+    elbo = lazyjit.JitTrace_ELBO()
+    lazy, guide = losses(elbo)
+    (program,) = elbo.compiled_fn.compiled.values()
+    lane = program.lanes["value_and_grad"]
+    eager, _ = losses(Trace_ELBO())
+    no_inductor = "torch._inductor.compile_fx" not in sys.modules
+    from lazyjit.backends.inductor import inductor_compile
+    from lazyjit.backends.worker import WORKER
+    inputs = [torch.randn(2), torch.rand(2), torch.randn(50)]
+    torch.manual_seed(1)
+    loaded = WORKER.compile(lane.graph_module, inputs, {})(*inputs)
+    torch.manual_seed(1)
+    here = inductor_compile(lane.graph_module, inputs, False)(*inputs)
+    print(json.dumps({
+        "tier": lane.tier, "no_inductor_import": no_inductor, "lazy": lazy, "eager": eager,
+        "same_code_same_numbers": all(torch.equal(a, b) for a, b in zip(loaded, here)),
+    }))
+    """
+)
+
+
+def test_worker_code_runs_here_without_inductor_and_matches_eager_and_local_inductor():
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["tier"] == "inductor"
+    assert result["no_inductor_import"]  # until this process compiled for itself
+    assert result["lazy"] == pytest.approx(result["eager"], rel=1e-5, abs=1e-5)
+    assert result["same_code_same_numbers"]
+
+
+def test_the_default_policy_compiles_in_the_worker_early_and_switches_late():
+    policy = TierPolicy()
+    assert policy.hot_calls < policy.local_hot_calls
+    assert policy.hot_calls + policy.switch_calls > policy.local_hot_calls
