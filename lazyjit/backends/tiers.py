@@ -340,6 +340,8 @@ def hot_runner(
         try:
             compiled = WORKER.compile(graph_module, inputs, config.BACKGROUND_INDUCTOR_CONFIG)
         except WorkerLost as e:
+            if WORKER.closed:
+                raise  # the process exits: no compile is of use now
             logger.info("lazyjit: a graph compiles in this process: %s", e)
         else:
             if compiled is not None:

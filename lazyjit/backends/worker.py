@@ -17,6 +17,7 @@ calls before the lane is hot; it exits when the user's process does (its stdin c
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import pickle
@@ -48,13 +49,21 @@ class CompileWorker:
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.lost: str | None = None  # why the worker is gone, once it is
-        self._cpus = len(os.sched_getaffinity(0))
+        affinity = getattr(os, "sched_getaffinity", None)  # not on macOS
+        self._cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+        self._pid = os.getpid()  # a forked child must not write into its parent's pipe
+        self.closed = False
 
     def usable(self) -> bool:
         """Whether compiles should go to the worker: it is enabled
         (:data:`lazyjit.config.COMPILE_WORKER`), not lost, and this process may use two
         CPUs (on one, the worker would only take the loop's)."""
-        return config.COMPILE_WORKER and self.lost is None and self._cpus > 1
+        return (
+            config.COMPILE_WORKER
+            and self.lost is None
+            and self._cpus > 1
+            and os.getpid() == self._pid
+        )
 
     def start(self) -> None:
         """Starts the worker unless it runs already."""
@@ -73,6 +82,15 @@ class CompileWorker:
                 self.lost = f"it did not start ({e})"
                 return
         logger.info("lazyjit: started a compile worker (process %d)", self._process.pid)
+
+    def close(self) -> None:
+        """Ends the worker; compiles go to this process from now on, and one waiting for
+        the worker raises :class:`WorkerLost`."""
+        process, self._process = self._process, None
+        self.lost = "it was closed"
+        self.closed = True
+        if process is not None:
+            process.kill()
 
     def compile(
         self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], settings: dict[str, Any]
@@ -96,8 +114,9 @@ class CompileWorker:
                 process.stdin.flush()
                 kind, value = pickle.load(process.stdout)
             except (OSError, EOFError, pickle.UnpicklingError) as e:
-                self.lost = f"it exited ({type(e).__name__}: {e})"
-                self._process = None
+                if self._process is process:
+                    self.lost = f"it exited ({type(e).__name__}: {e})"
+                    self._process = None
                 raise WorkerLost(self.lost) from e
         if kind == "failed":
             raise RuntimeError(value)
@@ -109,6 +128,13 @@ class CompileWorker:
 
 
 WORKER = CompileWorker()
+
+
+@atexit.register  # before the compiler thread's own exit handler, registered earlier
+def _close_worker() -> None:
+    # A compile in flight in the worker is of no use to a process that exits: end it, so
+    # that the compiler thread waiting for it does not hold up the exit.
+    WORKER.close()
 
 
 @dataclasses.dataclass(frozen=True)
