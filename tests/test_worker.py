@@ -6,8 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import pyro
 import pytest
 import torch
+from pyro.infer import SVI
+from pyro.infer.autoguide import AutoDiagonalNormal
 
 import lazyjit
 import lazyjit.backends.tiers
@@ -19,12 +22,7 @@ from lazyjit.graph.capture import constants
 
 
 def captured_graph():
-    """The seed Gaussian SVI's value-and-grad graph and inputs, as auto captured them."""
-    from pyro.infer import SVI
-    from pyro.infer.autoguide import AutoDiagonalNormal
-
-    import pyro
-
+    """The seed Gaussian SVI's value-and-grad graph, as auto captured it."""
     pyro.clear_param_store()
     backend = lazyjit.BACKENDS["auto"].replace(hot_calls=float("inf"), local_hot_calls=0)
     elbo = lazyjit.JitTrace_ELBO(backend=backend)
