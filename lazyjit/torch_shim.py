@@ -45,6 +45,12 @@ __all__ = [
 # The recorder is a dispatch mode; pytrees flatten arguments and results.
 OpOverload = torch._ops.OpOverload
 
+
+def operator_entry(operator: OpOverload) -> Callable:
+    """The C++ entry point that ``operator(...)`` calls from Python."""
+    return operator._op
+
+
 # --- TorchScript's tracer -------------------------------------------------------------
 # Whether (and which) TorchScript trace runs on this thread; guards and Pyro branch on it.
 get_tracing_state: Callable[[], Any] = torch._C._get_tracing_state

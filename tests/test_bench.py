@@ -2,6 +2,7 @@
 processes, rounds that alternate, failures as rows, and the reports. No assertion is
 about speed."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,7 +15,7 @@ import pyro
 import pytest
 
 from lazyjit import examples as models
-from lazyjit.bench import contenders, report, timing, workers, workloads
+from lazyjit.bench import contenders, report, suite, timing, wholeruns, workers, workloads
 from lazyjit.bench.timing import paired_ratio, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,17 @@ def test_select():
     ]
     with pytest.raises(ValueError, match="unknown workload"):
         workloads.select(quick, "nothing")
+    # The whole runs' names are known, and select none of the workloads.
+    assert workloads.select(quick, "wholeruns", also=wholeruns.NAMES) == []
+    assert [
+        w.name for w in workloads.select(quick, "hmm,wholeruns-nuts", also=wholeruns.NAMES)
+    ] == ["hmm"]
+    targets = wholeruns.targets(quick=True)
+    assert [t.name for t in wholeruns.select(targets, "wholeruns-nuts,hmm")] == [
+        "wholeruns-nuts-20"
+    ]
+    assert wholeruns.select(targets, "wholeruns") == targets
+    assert wholeruns.select(targets, "svi") == []
 
 
 def test_quick_run_of_one_workload(tmp_path):
@@ -200,3 +212,78 @@ def test_gradient_counts_agree():
     assert counts["Pyro eager"] > 20
     assert counts["lazyjit (eager)"] == counts["Pyro eager"]
     assert counts["lazyjit (aten-jit)"] == counts["Pyro eager"]
+
+
+# ------------------------------------------------------------------------ whole runs
+
+WHOLE_ROWS = ["pyro-jit", "lazyjit (cold)", "lazyjit-nots (warm)"]
+
+
+@pytest.fixture(scope="module")
+def whole_runs(tmp_path_factory):
+    """``bench --quick --only wholeruns-svi --repeats 2``, in this process, with the
+    20-step table cut to three contenders: a cold cache, a warmed one and TorchScript
+    unavailable; two rounds of a fresh process per run (about 40 s on 2 cores)."""
+    quick_svi = wholeruns.targets(quick=True)[0]
+    contenders = (("pyro-jit", ""), ("lazyjit", "cold"), ("lazyjit-nots", "warm"))
+    target = dataclasses.replace(quick_svi, contenders=contenders)
+    out = tmp_path_factory.mktemp("wholeruns")
+    lines = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wholeruns, "targets", lambda quick=False: [target])
+        suite.run(quick=True, out=out, only="wholeruns-svi", repeats=2, log=lines.append)
+    data = json.loads((out / "results.json").read_text())
+    return data, (out / "RESULTS.md").read_text(), lines
+
+
+def test_whole_runs_table(whole_runs):
+    data, text, lines = whole_runs
+    assert data["workloads"] == []  # --only named whole runs only
+    (table,) = data["whole_runs"]
+    assert table["name"] == "wholeruns-svi-20" and table["rounds"] == 2
+    rows = {row["name"]: row for row in table["contenders"]}
+    assert list(rows) == WHOLE_ROWS
+    for row in rows.values():
+        assert row["error"] is None, row["traceback"]
+        assert len(row["rounds_s"]) == len(row["wall_s"]) == 2
+        assert 0 < row["median_s"] < max(row["wall_s"])
+        assert row["ratio_to_baseline"] is not None
+    assert rows["pyro-jit"]["ratio_to_baseline"] == 1.0
+    assert len(rows["lazyjit (cold)"]["waited_s"]) == 2
+    # Without TorchScript no lane runs its graph on TorchScript's interpreter.
+    assert rows["lazyjit-nots (warm)"]["tiers"]
+    assert not any("aten-jit" in tiers for tiers in rows["lazyjit-nots (warm)"]["tiers"])
+    assert table["title"] in text and all(f"| {name} |" in text for name in WHOLE_ROWS)
+    assert any("lazyjit-nots: warming the cache" in line for line in lines)
+    assert any(line.startswith("[wholeruns-svi-20] round 2/2") for line in lines)
+
+
+def test_whole_runs_are_reproducible(whole_runs):
+    # Seeded, each contender gives one last loss over its runs.
+    data, _, _ = whole_runs
+    for row in data["whole_runs"][0]["contenders"]:
+        assert len(row["distinct_losses"]) == 1, row["losses"]
+
+
+@pytest.mark.slow  # every quick whole run: about 3 minutes on 2 cores
+def test_quick_whole_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lazyjit", "bench", "--quick", "--only", "wholeruns"]
+        + ["--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tables = json.loads((tmp_path / "results.json").read_text())["whole_runs"]
+    targets = wholeruns.targets(quick=True)
+    assert [t["name"] for t in tables] == [t.name for t in targets]
+    for table, target in zip(tables, targets, strict=True):
+        names = [row["name"] for row in table["contenders"]]
+        assert names == [wholeruns.row_name(c, cache) for c, cache in target.contenders]
+        for row in table["contenders"]:
+            if row["error"] == wholeruns.NOT_INSTALLED:
+                continue
+            assert row["error"] is None and row["ratio_to_baseline"] is not None, row
+            assert len(row["distinct_losses"]) == 1

@@ -22,6 +22,7 @@ from ..graph.capture import (
     fresh_inputs,
     run_value_and_grad,
 )
+from ..graph.pycode import fx_code
 from ..log import Stopwatch
 from .base import Backend, Program, needs_autograd
 
@@ -116,9 +117,9 @@ class GraphProgram(Program):
         self, graph_module: GraphModule, inputs: Sequence[torch.Tensor], grad: bool
     ) -> Runner:
         """What runs a captured graph (``grad``: whether its outputs must be
-        differentiable); here its generated code, called as ``forward`` to skip the
-        ``nn.Module.__call__`` machinery."""
-        return graph_module.forward
+        differentiable); here its generated code (:func:`lazyjit.graph.pycode.fx_code`),
+        called without the ``nn.Module.__call__`` machinery."""
+        return fx_code(graph_module)
 
     def compile_or_fx(
         self, graph_module: GraphModule, compiler: str, compile: Callable[[], Runner], grad: bool
@@ -135,7 +136,7 @@ class GraphProgram(Program):
                 f"lazyjit: {compiler} failed to compile a graph ({type(e).__name__}: {e}); "
                 "it runs as FX code instead",
             )
-            return graph_module.forward
+            return fx_code(graph_module)
         clock.done(
             self.add_compile_seconds,
             "lazyjit: %s compiled a graph (%d nodes%s) in %.3f s",

@@ -15,6 +15,7 @@ from torch.fx import GraphModule
 
 from ..errors import LazyJitWarning, StructureError, caller_stacklevel
 from ..graph.capture import Flat
+from ..graph.pycode import fx_code
 from .base import Backend, EagerBackend, Program
 from .threads import PYRO_LOCK
 from .tiers import Lane, LaneRunner, TierPolicy
@@ -50,8 +51,9 @@ class TieredProgram(Program):
     def of_graph(cls, flat: Flat, graph_module: GraphModule, policy: TierPolicy) -> TieredProgram:
         """Plain calls of ``flat``, whose graph is given: FX code at once, then the tiers
         above as ``policy`` says. (``value_and_grad`` runs autograd over the FX code.)"""
-        program = cls(flat, Program(graph_module.forward), policy, "aten")
-        program.lanes["call"].start_from(graph_module)
+        code = fx_code(graph_module)
+        program = cls(flat, Program(code), policy, "aten")
+        program.lanes["call"].start_from(graph_module, code)
         program.lanes["value_and_grad"].settle()
         return program
 

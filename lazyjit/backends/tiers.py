@@ -37,6 +37,7 @@ from ..graph.capture import (
     fresh_inputs,
     run_value_and_grad,
 )
+from ..graph.pycode import fx_code
 from ..log import Stopwatch, logger
 from .aten_jit import script_graph
 from .base import needs_autograd
@@ -152,11 +153,11 @@ class Lane:
             setattr(self, flag, True)
             return True
 
-    def start_from(self, graph_module: GraphModule) -> None:
-        """Runs ``graph_module`` (a plain call's, given in advance) as FX code until the
-        policy moves the lane on."""
+    def start_from(self, graph_module: GraphModule, code: Runner) -> None:
+        """Runs ``graph_module`` (a plain call's, given in advance) as FX code
+        (``code``) until the policy moves the lane on."""
         self.graph_module = graph_module
-        self.switch(graph_module.forward, "aten")
+        self.switch(code, "aten")
 
     def settle(self) -> None:
         """Stops counting: the lane stays on its tier."""
@@ -312,7 +313,7 @@ def warm_runner(
     ``"aten-jit"`` does), or, where it is too big to trace on the caller's thread or the
     trace fails, its FX code (as ``"aten"`` does)."""
     if len(graph_module.graph.nodes) > config.AUTO_SCRIPT_MAX_NODES:
-        return graph_module.forward, "aten"
+        return fx_code(graph_module), "aten"
     clock = Stopwatch()
     try:
         runner = script_graph(graph_module, inputs, grad)
@@ -322,7 +323,7 @@ def warm_runner(
             type(e).__name__,
             e,
         )
-        return graph_module.forward, "aten"
+        return fx_code(graph_module), "aten"
     clock.done(owner.add_compile_seconds, "lazyjit: traced a captured graph in %.3f s")
     return runner, "aten-jit"
 

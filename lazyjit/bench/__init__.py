@@ -9,6 +9,7 @@ pieces that ``benchmarks/`` scripts share. See ``docs/benchmarks.md``.
   one row class, :class:`~lazyjit.bench.timing.Result`.
 - :mod:`~lazyjit.bench.workloads`: ``bench``'s workloads and their contenders.
 - :mod:`~lazyjit.bench.workers`: ``bench``'s worker processes, one per contender.
+- :mod:`~lazyjit.bench.wholeruns`: ``bench``'s whole runs, a fresh process per run.
 - :mod:`~lazyjit.bench.report` and :mod:`~lazyjit.bench.chart`: tables, ``RESULTS.md``,
   ``results.json`` and ``speedups.png``.
 - :mod:`~lazyjit.bench.suite`: ``bench`` itself (:func:`~lazyjit.bench.suite.run`).

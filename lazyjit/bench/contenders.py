@@ -132,9 +132,10 @@ def hmm_contenders(backends: list[str], small: bool) -> dict[str, Callable[[], S
         guide(sequences[0], num_sequences=len(sequences), length=len(sequences[0]))
         svi = pyro.infer.SVI(model, guide, Adam({"lr": 0.01}), elbo)
 
-        def epoch() -> None:
+        def epoch() -> float:
             for seq in sequences:
-                svi.step(seq, num_sequences=len(sequences), length=len(seq))
+                loss = svi.step(seq, num_sequences=len(sequences), length=len(seq))
+            return loss  # the last step's, as a whole run reports it
 
         return epoch
 
@@ -247,15 +248,18 @@ def nuts_kernels(backends: list[str]) -> dict[str, NutsContender]:
 class NutsRun:
     """A step that is one whole ``MCMC.run`` of ``n`` warmup and ``n`` samples, from a
     fresh kernel and seed 1: setup and compilation included every time. ``gradients``:
-    the last run's potential-and-gradient evaluations (:func:`gradient_evaluations`)."""
+    the last run's potential-and-gradient evaluations (:func:`gradient_evaluations`);
+    ``mcmc``: the last run's ``MCMC`` (its samples, its kernel's compiled programs)."""
 
     def __init__(
         self, make_kernel: Callable[[Callable], object], model: Callable, args: tuple, n: int
     ):
         self.make_kernel, self.model, self.args, self.n = make_kernel, model, args, n
         self.gradients: int | None = None
+        self.mcmc: pyro.infer.MCMC | None = None
 
     def __call__(self) -> None:
+        self.mcmc = None  # the last run's kernel goes before this one is built
         pyro.set_rng_seed(1)
         kernel = self.make_kernel(self.model)
         mcmc = pyro.infer.MCMC(
@@ -263,6 +267,7 @@ class NutsRun:
         )
         mcmc.run(*self.args)
         self.gradients = gradient_evaluations(kernel)
+        self.mcmc = mcmc
 
 
 # TorchScript compiles over its first calls too: it profiles the first and optimizes the

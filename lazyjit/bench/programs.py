@@ -26,8 +26,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,12 @@ from .report import output_folder
 CONTENDERS = ("eager", "pyro-jit", "lazyjit")
 # Where a full run writes when no --out is given: under the current directory.
 DEFAULT_OUT = "lazyjit-programs"
-_RESULT_TAG = "LAZYJIT_PROGRAM_RESULT "
+# The prefix of a child's result line: whatever else the program prints, this one is ours.
+RESULT_TAG = "LAZYJIT_PROGRAM_RESULT "
 # The directory that holds this lazyjit package: the children import it from there.
-_ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
+# How long a child's own processes may outlive it (a compile in flight finishing).
+LINGER_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -150,10 +155,56 @@ def child_main(t0: float, name: str, contender: str, steps: int) -> None:
 
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         result["traceback"] = traceback.format_exc()
-    print(_RESULT_TAG + json.dumps(result), flush=True)
+    print(RESULT_TAG + json.dumps(result), flush=True)
 
 
 # --------------------------------------------------------------------------- parent
+
+
+def run_python(
+    code: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], float]:
+    """Runs ``python -c code *args`` in a fresh interpreter that imports this lazyjit
+    (from :data:`ROOT`), with ``env`` over this process's environment. Returns the JSON
+    dict of the child's last line tagged :data:`RESULT_TAG` (``{"error": why}`` if it
+    printed none or timed out) and the parent's wall seconds of the child process.
+
+    Processes the child started (lazyjit's compile worker) may outlive it for a moment:
+    they are waited for, untimed, so that none runs beside the next run."""
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), child_env.get("PYTHONPATH")])
+    )
+    child_env.update(env or {})
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        # stderr is a pipe that the child's own processes inherit: it closes when the last
+        # of them exits. Drained on a thread, so that no process blocks on a full pipe.
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env,
+        )
+        errors: list[str] = []
+        drain = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+        drain.start()
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return {"error": f"timed out after {timeout:.0f} s"}, time.perf_counter() - start
+        wall = time.perf_counter() - start
+        drain.join(LINGER_S)
+        out.seek(0)
+        stdout = out.read()
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :]), wall
+    tail = ("".join(errors) or stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"error": f"exit {returncode}: {tail[0][:300]}"}, wall
 
 
 def run_one(name: str, contender: str, steps: int, timeout: float) -> dict[str, Any]:
@@ -164,38 +215,9 @@ def run_one(name: str, contender: str, steps: int, timeout: float) -> dict[str, 
         "from lazyjit.bench.programs import child_main; "
         "child_main(T0, sys.argv[1], sys.argv[2], int(sys.argv[3]))"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, name, contender, str(steps)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        return {
-            "program": name,
-            "contender": contender,
-            "steps": steps,
-            "error": f"timed out after {timeout:.0f} s",
-            "wall_s": time.perf_counter() - start,
-        }
-    wall = time.perf_counter() - start
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(_RESULT_TAG):
-            result = json.loads(line[len(_RESULT_TAG) :])
-            break
-    else:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        result = {
-            "program": name,
-            "contender": contender,
-            "steps": steps,
-            "error": f"exit {done.returncode}: {tail[0][:300]}",
-        }
+    result, wall = run_python(code, [name, contender, str(steps)], timeout)
+    if "error" in result and "program" not in result:  # the child said nothing
+        result = {"program": name, "contender": contender, "steps": steps, **result}
     result["wall_s"] = wall
     return result
 

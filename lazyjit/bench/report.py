@@ -23,6 +23,7 @@ import torch
 from .timing import Result, format_s, ratio
 
 if TYPE_CHECKING:
+    from .wholeruns import WholeRunTable
     from .workloads import Workload
 
 # A workload and its rows, in the order run.
@@ -70,7 +71,7 @@ def table(title: str, results: list[Result], baseline: str, unit: str = "call") 
     return "\n".join(lines)
 
 
-def _footnotes(notes: Sequence[str], rows: Sequence[Result]) -> list[str]:
+def footnotes(notes: Sequence[str], rows: Sequence[Result]) -> list[str]:
     """A table's notes, and what lazyjit warned about in each row's worker."""
     items = [*notes, *(f"{row.name} warned: {w}" for row in rows for w in row.warnings)]
     return ["", *(f"- {item}" for item in dict.fromkeys(items))] if items else []
@@ -123,7 +124,7 @@ def workload_table(workload: Workload, rows: list[Result]) -> str:
                 format_s(max(m["compile_s"], 0.0)) if "compile_s" in m else "-",
             ]
         lines.append(cells(line))
-    return "\n".join(lines + _footnotes(workload.notes, rows))
+    return "\n".join(lines + footnotes(workload.notes, rows))
 
 
 def sweep_tables(results: Results) -> list[str]:
@@ -155,7 +156,7 @@ def sweep_tables(results: Results) -> list[str]:
                     )
             lines.append(cells(line))
         notes = [note for w, _ in points for note in w.notes]
-        lines += _footnotes(notes, [row for _, rows in points for row in rows])
+        lines += footnotes(notes, [row for _, rows in points for row in rows])
         tables.append("\n".join(lines))
     return tables
 
@@ -222,9 +223,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def report(meta: dict[str, Any], results: Results, with_chart: bool) -> str:
+def report(
+    meta: dict[str, Any],
+    results: Results,
+    with_chart: bool,
+    whole_runs: Sequence[WholeRunTable] = (),
+) -> str:
     """``RESULTS.md``: the header (machine, versions, command), the headline table (and
-    the chart if ``with_chart``), then every workload's table."""
+    the chart if ``with_chart``), every workload's table, then the whole-run tables."""
     load = meta["load_average_start"], meta.get("load_average_end", [0, 0, 0])
     numpyro = (
         f"numpyro {meta['numpyro']} (jax {meta['jax']})"
@@ -245,9 +251,9 @@ def report(meta: dict[str, Any], results: Results, with_chart: bool) -> str:
         "- Each contender runs in its own process with one torch thread; contenders take "
         "turns round after round. Spread: (max - min) / median of the rounds. "
         "See docs/benchmarks.md.",
-        "",
-        headline_table(results),
     ]
+    if results:
+        parts += ["", headline_table(results)]
     if with_chart:
         parts += ["", "![speedups over Pyro's jit](speedups.png)"]
     for workload, rows in results:
@@ -255,10 +261,14 @@ def report(meta: dict[str, Any], results: Results, with_chart: bool) -> str:
             parts += ["", workload_table(workload, rows)]
     for sweep in sweep_tables(results):
         parts += ["", sweep]
+    for whole in whole_runs:
+        parts += ["", whole.markdown()]
     return "\n".join(parts) + "\n"
 
 
-def to_json(meta: dict[str, Any], results: Results) -> dict[str, Any]:
+def to_json(
+    meta: dict[str, Any], results: Results, whole_runs: Sequence[WholeRunTable] = ()
+) -> dict[str, Any]:
     """Everything measured, every raw round included, for ``results.json``."""
     out = []
     for workload, rows in results:
@@ -272,4 +282,4 @@ def to_json(meta: dict[str, Any], results: Results) -> dict[str, Any]:
         info = {f.name: getattr(workload, f.name) for f in fields(workload)}
         del info["contenders"]  # their names and kinds are in the rows
         out.append({**info, "contenders": entries})
-    return {"meta": meta, "workloads": out}
+    return {"meta": meta, "workloads": out, "whole_runs": [w.to_json() for w in whole_runs]}

@@ -227,8 +227,9 @@ def alternate(
     ``log``, one line per first call and one per round, each after ``prefix``."""
     for contender in contenders:
         contender.first()
-        if log is not None:
-            r = contender.result
+        r = contender.result
+        # A contender without a first call (a whole run per round) has nothing to say yet.
+        if log is not None and (r.error is not None or r.first_s is not None):
             said = f"FAILED: {r.error}" if r.error else f"first {unit} {format_s(r.first_s)}"
             log(f"{prefix}{r.name}: {said}")
     for i in range(repeats):

@@ -9,7 +9,7 @@ is a module-level function or a :func:`functools.partial` of one.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +142,7 @@ class NumPyroNuts:
         }[model]
         self.args = tuple(jax.numpy.asarray(a.numpy()) for a in nuts_model(model)[1])
         self.n, self.calls, self.sample_steps = n, calls, 0
+        self.samples: dict[str, Any] = {}  # the last run's
 
     def mcmc(self) -> Any:
         """A fresh NumPyro ``MCMC`` of ``n`` warmup and ``n`` samples."""
@@ -154,6 +155,7 @@ class NumPyroNuts:
         mcmc.run(self.jax.random.PRNGKey(1), *self.args, extra_fields=("num_steps",))
         # Summing waits for the chain: jax dispatches asynchronously.
         self.sample_steps = int(mcmc.get_extra_fields()["num_steps"].sum())
+        self.samples = mcmc.get_samples()
 
     def metrics(self) -> dict[str, float]:
         """As :meth:`NutsRuns.metrics`; ``run`` reports no warmup steps, so they are
@@ -390,15 +392,18 @@ def workloads(quick: bool = False) -> list[Workload]:
     ]
 
 
-def select(all_workloads: list[Workload], only: str | None) -> list[Workload]:
+def select(
+    all_workloads: list[Workload], only: str | None, also: Iterable[str] = ()
+) -> list[Workload]:
     """The workloads whose name or group is in the comma-separated ``only`` (all if None).
+    Names in ``also`` (another section's, the whole runs') are known but select none.
 
-    :raises ValueError: for a name that is neither.
+    :raises ValueError: for a name that is none of these.
     """
     if not only:
         return all_workloads
     wanted = [name.strip() for name in only.split(",") if name.strip()]
-    known = {w.name for w in all_workloads} | {w.group for w in all_workloads}
+    known = {w.name for w in all_workloads} | {w.group for w in all_workloads} | set(also)
     unknown = [name for name in wanted if name not in known]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown}; choose from {sorted(known)}")
