@@ -67,6 +67,7 @@ class CompiledFunction:
         # Pyro's flag to time compilation; lazyjit always times it.
         self.jit_options.pop("time_compilation", None)
         self.backend: Backend = get_backend(backend)
+        self.backend.prepare()
         self.strict = strict
         self.verify = verify
         self.cache_size = cache_size

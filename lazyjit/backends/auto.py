@@ -44,8 +44,6 @@ class TieredProgram(Program):
             "value_and_grad": Lane(self, "value_and_grad", tier, policy, grad),
         }
         self._plain, self._grad = self.lanes["call"], self.lanes["value_and_grad"]
-        if policy.hot_calls < math.inf:
-            WORKER.start()  # its start overlaps the calls until a lane is hot
 
     @classmethod
     def of_graph(cls, flat: Flat, graph_module: GraphModule, policy: TierPolicy) -> TieredProgram:
@@ -124,6 +122,12 @@ class AutoBackend(Backend):
         fields = {f.name for f in dataclasses.fields(TierPolicy)}
         policy = self.policy.replace(**{k: changes.pop(k) for k in fields & set(changes)})
         return AutoBackend(**{"policy": policy, "first": self.first, "name": self.name, **changes})
+
+    def prepare(self) -> None:
+        """Starts the compile worker (``lazyjit.backends.worker``): its own start, about
+        4 s of imports, then overlaps the user's setup and the calls before a lane is hot."""
+        if self.policy.hot_calls < math.inf:
+            WORKER.start()
 
     def compile(self, fn: Flat, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Program:
         try:

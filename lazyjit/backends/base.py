@@ -70,7 +70,7 @@ class Backend:
     """Turns a pure function of flat tensors into a :class:`Program`.
 
     A backend is a small object with a ``name``, capability flags, and one method,
-    :meth:`compile`; register a new one with :func:`lazyjit.backends.register_backend`.
+    :meth:`compile` (and :meth:`prepare`, where it has something to start early); register a new one with :func:`lazyjit.backends.register_backend`.
 
     :cvar captures_graph: it records the function as an aten graph (its programs hold
         ``graph_module``).
@@ -86,6 +86,10 @@ class Backend:
         """A program computing ``fn``, built for inputs like ``inputs`` (the call's own,
         which it may run once). ``options`` are the user's ``jit_options``."""
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Called when a function is wrapped for this backend, before its first call:
+        what the backend's compiles will need can start now, beside the user's setup."""
 
 
 class EagerBackend(Backend):
