@@ -39,7 +39,8 @@ from ..torch_shim import OpOverload
 
 
 class WorkerLost(Exception):
-    """The worker process is gone (or never started): compile in this process instead."""
+    """The worker cannot take a compile (it is gone or never started, or the graph does
+    not pickle): compile in this process instead."""
 
 
 class CompileWorker:
@@ -122,7 +123,13 @@ class CompileWorker:
             raise RuntimeError(value)
         if value is None:
             return None
-        call = torch_shim.load_output_code(value)
+        try:
+            call = torch_shim.load_output_code(value)
+        except Exception as e:  # noqa: BLE001 - this process compiles it instead
+            logger.info(
+                "lazyjit: the worker's code did not load here (%s: %s)", type(e).__name__, e
+            )
+            return None
         held = constants(graph_module)
         return lambda *inputs: call([*held, *inputs])
 
