@@ -137,18 +137,23 @@ def test_select():
     assert wholeruns.select(targets, "svi") == []
 
 
-def test_quick_run_of_one_workload(tmp_path):
-    """The command line end to end, on the smallest real workload."""
+def quick_bench(only: str, out, timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m lazyjit bench --quick --only ONLY --out OUT``: the finished process
+    and its results.json."""
     result = subprocess.run(
-        [sys.executable, "-m", "lazyjit", "bench", "--quick", "--only", "sites-10"]
-        + ["--out", str(tmp_path)],
+        [sys.executable, "-m", "lazyjit", "bench", "--quick", "--only", only, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    data = json.loads((tmp_path / "results.json").read_text())
+    return result, json.loads((out / "results.json").read_text())
+
+
+def test_quick_run_of_one_workload(tmp_path):
+    """The command line end to end, on the smallest real workload."""
+    result, data = quick_bench("sites-10", tmp_path, timeout=120)
     (workload,) = data["workloads"]
     names = [entry["name"] for entry in workload["contenders"]]
     assert names == ["Pyro jit", "lazyjit (torchscript)"]
@@ -267,16 +272,8 @@ def test_whole_runs_are_reproducible(whole_runs):
 
 @pytest.mark.slow  # every quick whole run: about 3 minutes on 2 cores
 def test_quick_whole_runs_end_to_end(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "lazyjit", "bench", "--quick", "--only", "wholeruns"]
-        + ["--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    tables = json.loads((tmp_path / "results.json").read_text())["whole_runs"]
+    _, data = quick_bench("wholeruns", tmp_path, timeout=1200)
+    tables = data["whole_runs"]
     targets = wholeruns.targets(quick=True)
     assert [t["name"] for t in tables] == [t.name for t in targets]
     for table, target in zip(tables, targets, strict=True):

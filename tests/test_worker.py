@@ -1,7 +1,9 @@
 """The compile worker: inductor compiles in a process of its own, and this process loads
 the generated code without importing inductor (``lazyjit.backends.worker``)."""
 
+import io
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -133,3 +135,43 @@ def test_the_default_policy_compiles_in_the_worker_early_and_switches_late():
     policy = TierPolicy()
     assert policy.hot_calls < policy.local_hot_calls
     assert policy.hot_calls + policy.switch_calls > policy.local_hot_calls
+
+
+class _FakeProcess:
+    """A worker process that has already answered: its reply is waiting in stdout."""
+
+    def __init__(self, reply):
+        self.stdin = io.BytesIO()
+        self.stdout = io.BytesIO(pickle.dumps(reply))
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        (("compiled", None), "None"),  # code that needs inductor to load
+        (("compiled", {"path": "/nonexistent/code.py", "kernels": [], "externs": []}), "None"),
+        (("failed", "inductor failed to compile the graph (boom)"), "boom"),
+    ],
+)
+def test_what_this_process_does_with_the_workers_reply(monkeypatch, reply, expected):
+    worker = CompileWorker()
+    monkeypatch.setattr(worker, "start", lambda: None)
+    worker._process = _FakeProcess(reply)
+    if expected == "None":  # this process compiles the graph itself
+        assert worker.compile(captured_graph(), [torch.zeros(2)] * 3, {}) is None
+    else:  # the lane stays on its tier, with the worker's reason in its warning
+        with pytest.raises(RuntimeError, match=expected):
+            worker.compile(captured_graph(), [torch.zeros(2)] * 3, {})
+    assert worker.usable() or worker._cpus < 2  # a reply is no reason to give up on it
+
+
+def test_a_forked_child_starts_its_own_worker_and_leaves_its_parents_alone(monkeypatch):
+    monkeypatch.setattr(lazyjit.config, "COMPILE_WORKER", True)
+    worker = CompileWorker()
+    monkeypatch.setattr(worker, "_cpus", 2)
+    parents = worker._process = _FakeProcess(("compiled", None))
+    monkeypatch.setattr(worker, "_pid", -1)  # as a forked child sees it
+    worker.close()  # at the child's exit
+    assert worker._process is None and parents.stdin.getvalue() == b""
+    monkeypatch.setattr(worker, "_pid", -1)
+    assert worker.usable() and worker._process is None  # the parent's is not its own

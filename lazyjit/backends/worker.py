@@ -52,22 +52,26 @@ class CompileWorker:
         self.lost: str | None = None  # why the worker is gone, once it is
         affinity = getattr(os, "sched_getaffinity", None)  # not on macOS
         self._cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
-        self._pid = os.getpid()  # a forked child must not write into its parent's pipe
+        self._pid = os.getpid()
         self.closed = False
+
+    def _own(self) -> None:
+        """In a forked child, forgets its parent's worker (writing into its parent's pipe
+        would interleave two processes' jobs): the child starts one of its own."""
+        if os.getpid() != self._pid:
+            self._pid, self._process, self.lost, self.closed = os.getpid(), None, None, False
+            self._lock = threading.Lock()
 
     def usable(self) -> bool:
         """Whether compiles should go to the worker: it is enabled
         (:data:`lazyjit.config.COMPILE_WORKER`), not lost, and this process may use two
         CPUs (on one, the worker would only take the loop's)."""
-        return (
-            config.COMPILE_WORKER
-            and self.lost is None
-            and self._cpus > 1
-            and os.getpid() == self._pid
-        )
+        self._own()
+        return config.COMPILE_WORKER and self.lost is None and self._cpus > 1
 
     def start(self) -> None:
         """Starts the worker unless it runs already."""
+        self._own()
         with self._lock:
             if self._process is not None or not self.usable():
                 return
@@ -87,6 +91,7 @@ class CompileWorker:
     def close(self) -> None:
         """Ends the worker; compiles go to this process from now on, and one waiting for
         the worker raises :class:`WorkerLost`."""
+        self._own()  # a forked child's exit must not end its parent's worker
         process, self._process = self._process, None
         self.lost = "it was closed"
         self.closed = True

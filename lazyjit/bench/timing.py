@@ -168,7 +168,9 @@ def hot_after(calls: int | None) -> Iterator[None]:
         return
     auto = BACKENDS["auto"]
     policy = auto.policy
-    auto.policy = dataclasses.replace(policy, hot_calls=calls, switch_calls=0)
+    auto.policy = dataclasses.replace(
+        policy, hot_calls=calls, local_hot_calls=calls, switch_calls=0
+    )
     try:
         yield
     finally:
