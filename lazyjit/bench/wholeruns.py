@@ -319,6 +319,7 @@ def run_once(target: Target, contender: str, steps: int, cache_dir: str, timeout
     if contender == "numpyro":
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "data.npy")
+            pyro.set_rng_seed(0)  # the data every child draws (prepare_worker)
             numpy.save(path, models.gaussian_data(100).numpy())
             args = [target.workload, str(steps), path, RESULT_TAG]
             result, wall = run_python(NUMPYRO_CHILD, args, timeout, env)
