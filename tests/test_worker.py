@@ -38,6 +38,8 @@ def captured_graph():
 
 def test_a_packed_graph_unpacks_to_the_same_code_and_constants():
     graph_module = captured_graph()
+    # One tensor under two names: aot_autograd passes it twice, and so must the worker.
+    graph_module.register_buffer("alias", constants(graph_module)[0])
     unpacked = unpack(*pack(graph_module))
     assert unpacked.code == graph_module.code
     # Inductor's code takes the constants first, in this order: it must be the same.

@@ -70,7 +70,8 @@ class Backend:
     """Turns a pure function of flat tensors into a :class:`Program`.
 
     A backend is a small object with a ``name``, capability flags, and one method,
-    :meth:`compile` (and :meth:`prepare`, where it has something to start early); register a new one with :func:`lazyjit.backends.register_backend`.
+    :meth:`compile` (and :meth:`prepare`, where it has something to start early); register
+    a new one with :func:`lazyjit.backends.register_backend`.
 
     :cvar captures_graph: it records the function as an aten graph (its programs hold
         ``graph_module``).

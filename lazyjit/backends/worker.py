@@ -11,8 +11,9 @@ process loads that code without importing inductor (``torch_shim.load_output_cod
 What cannot be handed over so (a training compile, code that uses more of inductor) the
 user's process compiles itself, as it would without a worker.
 
-The worker starts when a lane first captures a graph, so that its start overlaps the
-calls before the lane is hot; it exits when the user's process does (its stdin closes).
+The worker starts when a function is wrapped for ``"auto"`` (``AutoBackend.prepare``),
+so that its own start overlaps the user's setup and the calls before a lane is hot; it
+is killed when the user's process exits (a compile in flight is of no use then).
 """
 
 from __future__ import annotations
@@ -181,7 +182,12 @@ def pack(graph_module: GraphModule) -> tuple:
         )
         for node in graph_module.graph.nodes
     ]
-    return nodes, dict(graph_module.named_parameters()), dict(graph_module.named_buffers())
+    # Every name, as graph.capture.constants lists them and aot_autograd passes them.
+    return (
+        nodes,
+        dict(graph_module.named_parameters(remove_duplicate=False)),
+        dict(graph_module.named_buffers(remove_duplicate=False)),
+    )
 
 
 def unpack(nodes: list[tuple], parameters: dict, buffers: dict) -> GraphModule:
@@ -195,15 +201,11 @@ def unpack(nodes: list[tuple], parameters: dict, buffers: dict) -> GraphModule:
         )
         target = target.resolve() if isinstance(target, _Op) else target
         made[name] = graph.create_node(op, target, args, kwargs, name)
-    root = torch.nn.Module()
-    for name, tensor in buffers.items():
-        root.register_buffer(name, tensor)
-    for name, tensor in parameters.items():
-        root.register_parameter(name, tensor)
-    graph_module = GraphModule(root, graph)
-    graph_module._parameters.update(parameters)  # what the graph does not read too
-    graph_module._buffers.clear()
-    graph_module._buffers.update(buffers)
+    graph_module = GraphModule({**parameters, **buffers}, graph)
+    # GraphModule keeps what the graph reads, in the graph's order: restore all, in theirs.
+    for held, tensors in ((graph_module._parameters, parameters), (graph_module._buffers, buffers)):
+        held.clear()
+        held.update(tensors)
     return graph_module
 
 

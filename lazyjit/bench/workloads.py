@@ -142,7 +142,6 @@ class NumPyroNuts:
         }[model]
         self.args = tuple(jax.numpy.asarray(a.numpy()) for a in nuts_model(model)[1])
         self.n, self.calls, self.sample_steps = n, calls, 0
-        self.samples: dict[str, Any] = {}  # the last run's
 
     def mcmc(self) -> Any:
         """A fresh NumPyro ``MCMC`` of ``n`` warmup and ``n`` samples."""
@@ -155,7 +154,6 @@ class NumPyroNuts:
         mcmc.run(self.jax.random.PRNGKey(1), *self.args, extra_fields=("num_steps",))
         # Summing waits for the chain: jax dispatches asynchronously.
         self.sample_steps = int(mcmc.get_extra_fields()["num_steps"].sum())
-        self.samples = mcmc.get_samples()
 
     def metrics(self) -> dict[str, float]:
         """As :meth:`NutsRuns.metrics`; ``run`` reports no warmup steps, so they are
