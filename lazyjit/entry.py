@@ -127,13 +127,7 @@ class FlatFunction:
 
     def flatten(self, result: Any) -> tuple[torch.Tensor, ...]:
         """The function's ``result`` as a flat tuple of tensors, checked."""
-        outputs, spec = tree_flatten(result)
-        if not all(isinstance(o, torch.Tensor) for o in outputs):
-            kinds = sorted({type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)})
-            raise LazyJitError(
-                f"{self.name} returned {', '.join(kinds)}; a compiled function must return "
-                "tensors, or tuples, lists or dicts of tensors"
-            )
+        outputs, spec = tensor_outputs(result, self.name)
         if self.spec is None:
             self.spec = spec
         elif spec != self.spec:
@@ -143,6 +137,19 @@ class FlatFunction:
                 "from its signature"
             )
         return tuple(outputs)
+
+
+def tensor_outputs(result: Any, name: str) -> tuple[list[torch.Tensor], TreeSpec]:
+    """The tensors of ``result`` (a function ``name``'s) and its structure; raises
+    :class:`LazyJitError` where it holds anything else."""
+    outputs, spec = tree_flatten(result)
+    if not all(isinstance(o, torch.Tensor) for o in outputs):
+        kinds = sorted({type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)})
+        raise LazyJitError(
+            f"{name} returned {', '.join(kinds)}; a compiled function must return "
+            "tensors, or tuples, lists or dicts of tensors"
+        )
+    return outputs, spec
 
 
 @dataclass(eq=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten, treespec_loads
 
 from .errors import LazyJitWarning
 
@@ -367,3 +367,42 @@ def untraced() -> Iterator[None]:
 
 # Copies many tensors in one call: the fused SVI step writes its results back with it.
 foreach_copy_: Callable[..., None] = torch._foreach_copy_
+
+
+# --- AOTInductor and PT2 archives (lazyjit.export, lazyjit.load) ------------------------
+def aoti_package(
+    program: torch.export.ExportedProgram,
+    path: str,
+    config: dict[str, Any],
+    extra_files: dict[str, str],
+) -> None:
+    """Compiles ``program`` with AOTInductor and writes one PT2 archive at ``path`` that
+    holds the compiled model, the program itself (for ``torch.export.load``) and
+    ``extra_files``: ``torch._inductor.aoti_compile_and_package`` keeps only the first."""
+    import torch._inductor
+    from torch.export.pt2_archive._package import package_pt2
+
+    args, kwargs = program.example_inputs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit\.script_method", DeprecationWarning)
+        # torch's own pickling of its pytree specs, not lazyjit's use of them.
+        warnings.filterwarnings("ignore", r".*LeafSpec", FutureWarning)
+        files = torch._inductor.aot_compile(
+            program.module(), args, kwargs, options={**config, "aot_inductor.package": True}
+        )
+    package_pt2(path, exported_programs=program, aoti_files=files, extra_files=extra_files)
+
+
+def aoti_load_package(path: str) -> Callable[..., Any]:
+    """AOTInductor's compiled model in the archive at ``path``, callable as the program
+    was. ``torch._inductor.aoti_load_package`` would import inductor and deserialize the
+    program beside the model, seconds in a fresh process, and read the call's structure
+    anew at every call."""
+    loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+    out_spec = treespec_loads(loader.get_call_spec()[1])
+
+    def run(*inputs: Any) -> Any:
+        flat = [x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)]
+        return tree_unflatten(loader.boxed_run(flat), out_spec)
+
+    return run

@@ -14,7 +14,7 @@ import torch
 
 import lazyjit
 import lazyjit.minipyro
-from lazyjit.install import REPLACEMENTS
+from lazyjit.installer import REPLACEMENTS
 
 ORIGINALS = {id(original): original for original, _ in REPLACEMENTS}
 
