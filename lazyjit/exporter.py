@@ -217,6 +217,12 @@ def _dynamic_dims(
                     f"dynamic names dimension {dim} of argument {argument!r}, "
                     f"which has {value.dim()}"
                 )
+            if value.shape[dim] < 2:
+                # torch.export takes a size of 0 or 1 for a fixed one (broadcasting).
+                raise ValueError(
+                    f"dynamic names dimension {dim} of argument {argument!r}, whose example "
+                    f"size is {value.shape[dim]}: export with an example size of 2 or more"
+                )
             dims.setdefault(index, {})[dim % value.dim()] = named.setdefault(
                 dim_name, torch.export.Dim(dim_name)
             )

@@ -227,6 +227,8 @@ def test_unexportable_calls_raise_clear_errors(tmp_path):
         lazyjit.export(lambda x, k: x * k, (x, 2), path=path, dynamic={1: {0: "n"}})
     with pytest.raises(ValueError, match="has 1"):
         lazyjit.export(scale_log_prob, (x, x), path=path, dynamic={0: {1: "n"}})
+    with pytest.raises(ValueError, match="2 or more"):
+        lazyjit.export(scale_log_prob, (x[:1], x[:1]), path=path, dynamic={0: {0: "n"}})
 
 
 def test_load_and_call_errors(tmp_path):
