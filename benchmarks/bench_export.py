@@ -1,6 +1,6 @@
 """Exported artifacts (``lazyjit.export``) against the Pyro function they came from.
 
-    python benchmarks/bench_export.py [--batch 100] [--calls 2000] [--repeats 5] [--out FILE]
+    python benchmarks/bench_export.py [--batch 100] [--calls 1000] [--repeats 5] [--out FILE]
 
 The function is the seed Gaussian model's posterior predictive: an AutoNormal guide
 fitted by 300 SVI steps, its draws replayed into the model's observations for a batch of
@@ -8,7 +8,8 @@ fitted by 300 SVI steps, its draws replayed into the model's observations for a 
 
 - per call, in this process, contenders alternating (``lazyjit.bench.timing``): Pyro eager,
   Pyro's jit (``pyro.ops.jit.trace``), lazyjit's default (``lazyjit.trace``, 300 calls in:
-  auto's warm tier), lazyjit with ``backend="inductor"``, and the artifact run as its
+  auto's warm tier, where it stays for the default ``--calls`` and ``--repeats``), lazyjit
+  with ``backend="inductor"``, and the artifact run as its
   ``ExportedProgram`` and as AOTInductor's model; medians of ``--repeats`` rounds of
   ``--calls`` calls, ratios to Pyro's jit (medians of paired ratios);
 - time to the first result in a fresh process (the parent's wall time of the whole
@@ -119,7 +120,9 @@ def per_call(predict, paths: dict[str, str], batch: int, calls: int, repeats: in
         InProcess("Pyro eager", calling(predict)),
         InProcess("Pyro jit", calling(pyro.ops.jit.trace(predict)), warmup=10),
         InProcess("lazyjit auto", calling(lazyjit.trace(predict)), warmup=300),
-        InProcess("lazyjit inductor", calling(lazyjit.trace(predict, backend="inductor"))),
+        InProcess(
+            "lazyjit inductor", calling(lazyjit.trace(predict, backend="inductor")), warmup=300
+        ),
         InProcess("artifact (ExportedProgram)", artifact(paths["program"], False)),
         InProcess("artifact (AOTInductor)", artifact(paths["aot"], True)),
     ]
@@ -154,7 +157,7 @@ def first_result(paths: dict[str, str], store: str, batch: int, repeats: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", help="also write the tables to this markdown file")
     args = parser.parse_args()
