@@ -50,10 +50,12 @@ class ArtifactInfo:
     format: int = FORMAT
 
     def to_json(self) -> str:
+        """The text stored in the archive's ``extra/lazyjit.json``."""
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> ArtifactInfo:
+        """Reads :meth:`to_json`'s text; raises :class:`LazyJitError` for another format."""
         data = json.loads(text)
         if data.get("format") != FORMAT:
             raise LazyJitError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import pyro
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer.trace_elbo import Trace_ELBO
@@ -20,13 +21,16 @@ from pyro.infer.trace_mean_field_elbo import TraceMeanField_ELBO
 from pyro.infer.traceenum_elbo import TraceEnum_ELBO
 from pyro.infer.tracegraph_elbo import TraceGraph_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
+from pyro.nn import PyroModule
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
+from torch.nn.parallel import DistributedDataParallel
 
 from . import pyro_shim
 from .config import DEFAULT_CACHE_SIZE
+from .errors import LazyJitError
 from .jit import CompiledFunction, Gradients, trace
 from .signature import signature
 
@@ -55,6 +59,7 @@ class LazyJitELBO:
         weakself = weakref.ref(self)
 
         def surrogate_and_loss(model, guide, *args, **kwargs):
+            _check_modules(model, guide)  # Python only: runs on eager calls, not compiled ones
             with _NoGradSamples():
                 return weakself()._surrogate_and_loss(model, guide, args, kwargs)
 
@@ -92,6 +97,35 @@ class LazyJitELBO:
         (_, loss), grads = self.compiled_fn.value_and_grad(model, guide, *args, **kwargs)
         _accumulate(grads, args, kwargs, self.retain_graph)
         return warn_if_nan(loss.item(), "loss")
+
+
+def _check_modules(model: Any, guide: Any) -> None:
+    """Raises :class:`LazyJitError` for the modules whose params a compiled call cannot
+    follow (see ``docs/distributed.md``).
+
+    A ``DistributedDataParallel`` module inside the model or guide: its forward arms the
+    gradient all-reduce, and a compiled call does not run it, so ranks would drift apart.
+    A ``PyroModule`` under ``module_local_params``: its params leave the param store when
+    its call returns, and lazyjit's programs read them from there.
+    """
+    for fn in (model, guide):
+        if not isinstance(fn, torch.nn.Module):
+            continue
+        if isinstance(fn, PyroModule) and pyro.settings.get("module_local_params"):
+            raise LazyJitError(
+                "lazyjit's Jit ELBOs read params from Pyro's param store, and "
+                "pyro.settings.set(module_local_params=True) keeps a PyroModule's params out "
+                "of it; leave module_local_params off (DistributedDataParallel and Lightning "
+                "work with the param store, see docs/distributed.md)"
+            )
+        if any(isinstance(m, DistributedDataParallel) for m in fn.modules()):
+            raise LazyJitError(
+                "the model or guide holds a DistributedDataParallel module: its forward "
+                "arms the gradient all-reduce, which a compiled call does not run, so ranks "
+                "would drift apart. Wrap the module that computes the loss instead: "
+                "DistributedDataParallel(elbo(model, guide)), or a LightningModule "
+                "(see docs/distributed.md)"
+            )
 
 
 class _NoGradSamples(Messenger):

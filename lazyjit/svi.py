@@ -17,6 +17,7 @@ from typing import Any
 
 import pyro.infer
 import torch
+import torch.distributed
 from pyro.optim import PyroOptim
 from pyro.optim.clipped_adam import ClippedAdam
 
@@ -60,6 +61,12 @@ class SVI(pyro.infer.SVI):
     Steps that a fused graph cannot serve run as ``pyro.infer.SVI`` steps with the
     compiled loss: when a tensor argument requires grad (its gradient flows back as with
     Pyro), and, with a one-time :class:`LazyJitWarning`, when capturing the step fails.
+
+    In a data-parallel run (an initialized ``torch.distributed`` process group of more
+    than one rank) a step raises :class:`LazyJitError`: the fused update would use this
+    rank's gradients alone. Train there with a torch optimizer over
+    ``DistributedDataParallel(elbo(model, guide))``, or with Lightning
+    (``docs/distributed.md``).
 
     Example::
 
@@ -105,6 +112,7 @@ class SVI(pyro.infer.SVI):
         """One SVI step: returns the loss estimate and updates every param in place."""
         hit = self._entries.lookup(self.model, self.guide, *args, **kwargs)
         if hit is None:
+            _check_single_process()
             compiled, self.loss_and_grads = self.loss_and_grads, self._eager_loss_and_grads
             try:
                 loss = super().step(*args, **kwargs)
@@ -162,6 +170,26 @@ class SVI(pyro.infer.SVI):
             "lrd": float(group.get("lrd", 1.0)),
             "step": float(step),
         }
+
+
+def _check_single_process() -> None:
+    """Raises :class:`LazyJitError` in a data-parallel run.
+
+    The fused graph updates params from this rank's gradients, with no point between the
+    two for an all-reduce. Splitting it around one would rebuild what DDP does (broadcast
+    the initial params, all-reduce the gradients, update) to save the optimizer's Python
+    loop, which costs less than the all-reduce (``docs/distributed.md``).
+    """
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise LazyJitError(
+            "lazyjit.SVI fuses the update with this rank's gradients alone; in a "
+            f"data-parallel run (torch.distributed, {dist.get_world_size()} ranks) the "
+            "ranks would drift apart. Step a torch optimizer over "
+            "DistributedDataParallel(elbo(model, guide)), whose loss is the compiled ELBO, "
+            "or use Lightning (docs/distributed.md); for independent runs on each rank, "
+            "use pyro.infer.SVI with the lazyjit ELBO"
+        )
 
 
 def _check_options(constructor: type, options: dict) -> None:

@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pyro
 import pytest
@@ -177,3 +178,13 @@ def test_a_forked_child_starts_its_own_worker_and_leaves_its_parents_alone(monke
     assert worker._process is None and parents.stdin.getvalue() == b""
     monkeypatch.setattr(worker, "_pid", -1)
     assert worker.usable() and worker._process is None  # the parent's is not its own
+
+
+def test_starting_a_running_worker_does_not_wait_for_its_compile():
+    worker = CompileWorker()
+    worker._process = _FakeProcess(("compiled", None))
+    with worker._lock:  # as a compile holds it until the worker answers
+        starting = threading.Thread(target=worker.start)  # a new ELBO's prepare()
+        starting.start()
+        starting.join(timeout=5)
+        assert not starting.is_alive()

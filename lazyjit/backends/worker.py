@@ -73,6 +73,10 @@ class CompileWorker:
     def start(self) -> None:
         """Starts the worker unless it runs already."""
         self._own()
+        if self._process is not None:
+            # Without the lock: a compile holds it until the worker answers, and a new
+            # ELBO or trace built meanwhile must not wait for that.
+            return
         with self._lock:
             if self._process is not None or not self.usable():
                 return
