@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
+from collections.abc import Callable
 
 
 class LazyJitWarning(UserWarning):
@@ -50,3 +52,12 @@ def caller_stacklevel() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(LAZYJIT_DIR):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def error_site(error: BaseException, passed_over: Callable[[str], bool]) -> str:
+    """``file:line`` of the innermost frame of ``error``'s traceback whose file
+    ``passed_over`` does not pass over (torch's, say): the statement that caused it."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not passed_over(f.filename)]
+    if not frames:
+        return "unknown site"
+    return f"{frames[-1].filename}:{frames[-1].lineno}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sysconfig
-import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +22,7 @@ from . import config, pyro_shim, torch_shim
 from .artifact import META_FILE, Artifact, ArtifactInfo, load
 from .compiler import function_name
 from .entry import tensor_outputs
-from .errors import LAZYJIT_DIR, LazyJitError, StructureError
+from .errors import LAZYJIT_DIR, LazyJitError, StructureError, error_site
 from .jit import CompiledFunction
 from .params import find_params, pure_function
 from .signature import signature
@@ -164,6 +163,8 @@ def _export(
     if mode == "inputs":
         inputs += (dict(zip(program.names, values)),)
         shapes += ({n: None for n in program.names},)
+    # Here rather than at the top: it imports sympy, and this module loads with every
+    # Pyro-facing name, for users who never export too.
     from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
     # Validation reads values (a support check, say), which a traced program cannot. With
@@ -178,7 +179,8 @@ def _export(
             raise StructureError(
                 f"{name} cannot be exported: its structure depends on a tensor's value "
                 f"({tracker.where()})",
-                _user_line(exc),
+                # The user's statement: the innermost frame outside the libraries.
+                error_site(exc, lambda f: f.startswith(_LIBRARY_DIRS)),
             ) from exc
         except Exception as exc:  # torch.export's errors have no common class
             raise LazyJitError(_export_failure(name, exc, dims, tracker)) from exc
@@ -248,17 +250,5 @@ def _aot_config() -> dict[str, Any]:
 _LIBRARY_DIRS = tuple(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro)) + (
     LAZYJIT_DIR,
     sysconfig.get_paths()["stdlib"] + os.sep,
+    "<",  # code made at run time (FX's, a lambda's)
 )
-
-
-def _user_line(exc: BaseException) -> str:
-    """``file:line`` of the innermost frame of ``exc``'s traceback outside torch, Pyro,
-    lazyjit and the standard library: the user's statement."""
-    frames = [
-        frame
-        for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith(_LIBRARY_DIRS) and not frame.filename.startswith("<")
-    ]
-    if not frames:
-        return "an unknown line"
-    return f"{frames[-1].filename}:{frames[-1].lineno}"

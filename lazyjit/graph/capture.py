@@ -12,7 +12,6 @@ import contextlib
 import os
 import sys
 import threading
-import traceback
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from torch.fx import GraphModule
 from torch.overrides import TorchFunctionMode
 
 from .. import torch_shim
-from ..errors import StructureError
+from ..errors import StructureError, error_site
 from ..patching import SharedPatch
 from ..tensors import copies, gradients, keep_random_stream
 from . import recorder
@@ -237,11 +236,4 @@ def _custom_autograd_functions(outputs: Sequence[torch.Tensor]) -> set[str]:
 def _site(error: BaseException) -> str:
     """``file:line`` of the innermost frame outside torch and this module's capture
     machinery: the statement that read a value."""
-    frames = [
-        f
-        for f in traceback.extract_tb(error.__traceback__)
-        if not f.filename.startswith(_TORCH_DIR) and f.filename not in _CAPTURE_FILES
-    ]
-    if not frames:
-        return "unknown site"
-    return f"{frames[-1].filename}:{frames[-1].lineno}"
+    return error_site(error, lambda f: f.startswith(_TORCH_DIR) or f in _CAPTURE_FILES)
