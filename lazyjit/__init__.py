@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import config as config  # settings users set as lazyjit.config.NAME, before any Pyro name
 from .artifact import Artifact, load
 from .errors import LazyJitError, LazyJitWarning, StructureWarning
 

@@ -7,7 +7,7 @@ do; ``docs/architecture.md`` lists them.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyro
@@ -15,6 +15,7 @@ import pyro.infer.mcmc.nuts
 import pyro.infer.trace_elbo
 import pyro.infer.traceenum_elbo
 import pyro.ops.integrator
+import pyro.optim.optim
 import pyro.poutine.runtime
 import torch
 
@@ -40,3 +41,16 @@ def store_params() -> dict[str, torch.Tensor]:
 def store_constraints() -> dict[str, Any]:
     """The param store's ``{name: constraint}`` (the live dict, not a copy)."""
     return PARAM_STORE._constraints
+
+
+def create_optimizers(optim: pyro.optim.PyroOptim, params: Iterable[torch.Tensor]) -> None:
+    """What ``PyroOptim.__call__`` does for a param it has not seen, short of stepping:
+    its torch optimizer, its gradient clipping, and the state ``set_state`` left for it."""
+    for param in params:
+        if param in optim.optim_objs:
+            continue
+        optimizer = optim.optim_objs[param] = optim._get_optim(param)
+        optim.grad_clip[param] = optim._get_grad_clip(param)
+        state = optim._state_waiting_to_be_consumed.pop(PARAM_STORE.param_name(param), None)
+        if state is not None:
+            pyro.optim.optim._load_state_dict(optimizer, state)

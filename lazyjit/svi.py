@@ -18,10 +18,12 @@ from typing import Any
 import pyro.infer
 import torch
 import torch.distributed
+from pyro import poutine
+from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
 from pyro.optim.clipped_adam import ClippedAdam
 
-from . import torch_shim
+from . import pyro_shim, torch_shim
 from .backends import AutoBackend, TieredProgram, get_backend
 from .elbo import LazyJitELBO
 from .entry import Entry
@@ -50,8 +52,9 @@ class SVI(pyro.infer.SVI):
     (anything else raises :class:`LazyJitError`). Steps give the same numbers as
     ``pyro.infer.SVI`` with the eager ELBO and the same optimizer, from the same seed.
 
-    The first step of each call signature is Pyro's own, eager: it creates the params
-    lazily, as Pyro does, and the optimizer state. The second captures the fused step
+    The first step of each call signature is Pyro's step with the eager ELBO: it creates
+    the params lazily, as Pyro does, and the optimizer state (its Adam update is the
+    fused graph's, run eagerly, which spares a short run torch's import of dynamo). The second captures the fused step
     (about as long as one capture of the loss) and runs it as FX code; inductor compiles
     it in the background and later steps run the compiled code once it is ready.
     The optimizer state stays in ``optim`` (``optim.get_state()`` and ``save`` work); a
@@ -113,11 +116,7 @@ class SVI(pyro.infer.SVI):
         hit = self._entries.lookup(self.model, self.guide, *args, **kwargs)
         if hit is None:
             _check_single_process()
-            compiled, self.loss_and_grads = self.loss_and_grads, self._eager_loss_and_grads
-            try:
-                loss = super().step(*args, **kwargs)
-            finally:
-                self.loss_and_grads = compiled
+            loss = self._first_step(*args, **kwargs)
             # Compiling runs the loss: it must not consume the random stream that the
             # next step draws from, as eager Pyro would.
             with torch.random.fork_rng():
@@ -131,6 +130,35 @@ class SVI(pyro.infer.SVI):
             return super().step(*args, **kwargs)
         with torch.no_grad():
             return fused.step(params, leaves)
+
+    def _first_step(self, *args: Any, **kwargs: Any) -> float:
+        """``pyro.infer.SVI.step`` with the eager ELBO, whose Adam update is the fused
+        graph's ``_adam_update`` run eagerly (bit for bit torch's): ``Adam.step`` imports
+        ``torch._dynamo``, about a second of a short run, for nothing here."""
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self._eager_loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+        with torch_shim.optimizers_without_dynamo():
+            pyro_shim.create_optimizers(self.optim, params)
+        with torch.no_grad():
+            if self.optim.pt_optim_constructor is ClippedAdam:
+                for p in params:  # Pyro's own step, which needs no dynamo
+                    self.optim.optim_objs[p].step()
+            else:
+                self._adam_step([p for p in params if p.grad is not None])
+        zero_grads(params)
+        return torch_item(loss)
+
+    def _adam_step(self, params: list[torch.Tensor]) -> None:
+        hyper = [self._hyper(p) for p in params]  # raises on unsupported options, first
+        for p, h in zip(params, hyper):
+            if p.is_complex() or p.grad.is_sparse:  # torch's step, as the fused one cannot
+                self.optim.optim_objs[p].step()
+                continue
+            state = _adam_state(self.optim.optim_objs[p], p)
+            moments = [state["step"], state["exp_avg"], state["exp_avg_sq"]]
+            new = _adam_update(p, p.grad, *moments, h)
+            torch_shim.foreach_copy_([p, *moments], list(new))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Waits for the background compiles of the fused steps; whether they are done."""
@@ -156,7 +184,7 @@ class SVI(pyro.infer.SVI):
 
     def _hyper(self, param: torch.Tensor) -> dict[str, Any]:
         """The optimizer's settings for ``param``, read from its torch optimizer (made by
-        Pyro's first step, with defaults and per-param arguments resolved)."""
+        the first step, with defaults and per-param arguments resolved)."""
         optimizer = self.optim.optim_objs[param]
         group = optimizer.param_groups[0]
         _check_options(self.optim.pt_optim_constructor, group)

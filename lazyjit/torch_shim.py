@@ -14,6 +14,7 @@ import inspect
 import linecache
 import os
 import re
+import sys
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -367,6 +368,34 @@ def untraced() -> Iterator[None]:
 
 # Copies many tensors in one call: the fused SVI step writes its results back with it.
 foreach_copy_: Callable[..., None] = torch._foreach_copy_
+
+
+# --- torch.optim -----------------------------------------------------------------------
+# ``torch._disable_dynamo`` keeps its wrapper's dynamo-disabled function under this name
+# on the wrapped function, and imports torch._dynamo to make it on the first call.
+_DYNAMO_DISABLE = "__dynamo_disable"
+
+
+@contextlib.contextmanager
+def optimizers_without_dynamo() -> Iterator[None]:
+    """Torch optimizers built here do not import ``torch._dynamo`` (about a second on a
+    small machine, most of a short run's setup).
+
+    ``Optimizer.add_param_group`` is wrapped by ``torch._disable_dynamo``, which imports
+    dynamo on its first call to keep it from tracing the function. While dynamo is not
+    imported nothing can be tracing, so the wrapper may call the function as it is; its
+    own cache slot holds the plain function for that time and is emptied after.
+    """
+    fn = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if "torch._dynamo" in sys.modules or fn is None or hasattr(fn, _DYNAMO_DISABLE):
+        yield
+        return
+    setattr(fn, _DYNAMO_DISABLE, fn)
+    try:
+        yield
+    finally:
+        if getattr(fn, _DYNAMO_DISABLE, None) is fn:
+            delattr(fn, _DYNAMO_DISABLE)
 
 
 # --- AOTInductor and PT2 archives (lazyjit.export, lazyjit.load) ------------------------

@@ -175,6 +175,7 @@ LOADER = textwrap.dedent(
     print(json.dumps({
         "draws": draws.tolist(), "plain": plain.tolist(),
         "pyro_imported": any(m == "pyro" or m.startswith("pyro.") for m in sys.modules),
+        "settings": lazyjit.config.COMPILE_WORKER in (True, False),
     }))
     """
 )
@@ -189,7 +190,12 @@ def test_a_fresh_process_loads_and_runs_it_without_pyro(tmp_path, predictive):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     expected = eager_draws(predictive, torch.zeros(7), 5).tolist()
-    assert result == {"draws": expected, "plain": expected, "pyro_imported": False}
+    assert result == {
+        "draws": expected,
+        "plain": expected,
+        "pyro_imported": False,
+        "settings": True,
+    }
 
 
 def branchy(x):

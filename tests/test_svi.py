@@ -7,6 +7,10 @@ inductor for a stand-in (the captured graph run as FX code); one ``slow`` case c
 with inductor for real.
 """
 
+import copy
+import subprocess
+import sys
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -111,6 +115,68 @@ def test_fused_steps_match_pyro(optim, fx_for_inductor):
     assert step.program.lanes["call"].tier == "inductor"  # the stand-in, from step 5 on
 
 
+@pytest.mark.parametrize("optim", list(OPTIMIZERS))
+def test_first_step_is_pyros_bit_for_bit(optim, fx_for_inductor):
+    """The first step updates with the fused graph's Adam, run eagerly: the same bits as
+    torch's Adam.step under pyro.infer.SVI, state included, and the same for a set_state
+    left waiting (which a first step must consume as Pyro's does)."""
+    data = gaussian_data(100)
+    setup = (gaussian_model, lambda: AutoDiagonalNormal(gaussian_model), OPTIMIZERS[optim])
+    fused = run(lazyjit.SVI, lazyjit.JitTrace_ELBO(), *setup, (data,), 1)
+    eager = run(SVI, Trace_ELBO(), *setup, (data,), 1)
+    assert fused[0] == eager[0]
+    for name, param in eager[1].items():
+        assert torch.equal(fused[1][name], param)
+    for name, state in eager[2].items():
+        for key, value in state["state"][0].items():
+            assert torch.equal(
+                torch.as_tensor(fused[2][name]["state"][0][key]), torch.as_tensor(value)
+            )
+        assert fused[2][name]["param_groups"] == state["param_groups"]
+
+
+def test_first_step_consumes_a_loaded_optimizer_state(fx_for_inductor):
+    data = gaussian_data(100)
+    make_guide = lambda: AutoDiagonalNormal(gaussian_model)  # noqa: E731
+    *_, trained = run(SVI, Trace_ELBO(), gaussian_model, make_guide, OPTIMIZERS["adam"], (data,), 3)
+    state, params = copy.deepcopy((trained.optim.get_state(), pyro.get_param_store().get_state()))
+    results = []
+    for svi_class, loss in [(lazyjit.SVI, lazyjit.JitTrace_ELBO()), (SVI, Trace_ELBO())]:
+        pyro.get_param_store().set_state(copy.deepcopy(params))
+        pyro.set_rng_seed(1)
+        svi = svi_class(gaussian_model, make_guide(), OPTIMIZERS["adam"](), loss)
+        svi.optim.set_state(copy.deepcopy(state))
+        results.append(([svi.step(data) for _ in range(2)], svi.optim.get_state()))
+    (losses, ours), (eager_losses, theirs) = results
+    assert losses[0] == eager_losses[0] and losses == pytest.approx(eager_losses, rel=1e-6)
+    for name in theirs:
+        assert (
+            float(ours[name]["state"][0]["step"]) == 5.0 == float(theirs[name]["state"][0]["step"])
+        )
+
+
+def test_a_run_imports_no_dynamo():
+    """torch's Adam imports torch._dynamo when built and stepped (about a second of a
+    short run); the fused run never builds or steps one through dynamo's wrappers. A
+    fresh process: this one may have imported dynamo already."""
+    code = """
+import sys, pyro, torch, lazyjit
+from pyro.infer.autoguide import AutoDiagonalNormal
+from lazyjit.examples import gaussian_data, gaussian_model
+lazyjit.config.COMPILE_WORKER = False
+data = gaussian_data(100)
+svi = lazyjit.SVI(gaussian_model, AutoDiagonalNormal(gaussian_model),
+                  pyro.optim.Adam({"lr": 0.01}), lazyjit.JitTrace_ELBO())
+for _ in range(20):
+    svi.step(data)
+print("dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "dynamo imported: False" in result.stdout, result.stderr
+
+
 def test_plain_params_and_autonormal(fx_for_inductor):
     x, y = torch.randn(30, 3), torch.randn(30)
     setup = (regression, lambda: AutoNormal(regression), lambda: Adam({"lr": 0.1}))
@@ -203,9 +269,8 @@ def test_per_param_unsupported_option_is_a_clear_error(fx_for_inductor):
     data = gaussian_data(10)
     optim = Adam(lambda name: {"lr": 0.1, "maximize": True})
     svi = lazyjit.SVI(gaussian_model, AutoNormal(gaussian_model), optim, lazyjit.JitTrace_ELBO())
-    svi.step(data)  # Pyro's own first step
     with pytest.raises(LazyJitError, match="maximize"):
-        svi.step(data)
+        svi.step(data)  # the first step, before it updates anything
 
 
 def test_non_lazyjit_loss_is_a_clear_error():
