@@ -47,6 +47,11 @@ __all__ = [
 OpOverload = torch._ops.OpOverload
 
 
+def op_schema(operator: OpOverload) -> torch._C.FunctionSchema:
+    """The operator's schema: its arguments, which of them it writes to or aliases."""
+    return operator._schema
+
+
 def operator_entry(operator: OpOverload) -> Callable:
     """The C++ entry point that ``operator(...)`` calls from Python."""
     return operator._op

@@ -81,3 +81,54 @@ def test_detach_goes_only_where_nothing_requires_grad(requires_grad):
     if requires_grad:
         (grad,) = torch.autograd.grad(graph(x)[0], [x])
         torch.testing.assert_close(grad, x.detach())  # d/dx of c * x, c = x detached
+
+
+def test_a_repeated_op_runs_once():
+    x = torch.randn(4)
+    graph, _ = capture(lambda x: ((x.exp() + x.exp()).sum(), x.expand(4).sum()), [x])
+    assert targets(graph).count(aten.exp.default) == 1
+    assert aten.expand.default not in targets(graph)  # to the shape x has
+    for got, want in zip(graph(x), ((x.exp() + x.exp()).sum(), x.sum())):
+        assert torch.equal(got, want)
+
+
+def test_repeats_are_told_apart_by_number_type_sign_and_randomness():
+    def fn(x):
+        ints, floats = (x * 2).sum(), (x * 2.0).sum()  # an int tensor, then a float one
+        zeros = 1 / ((x + 1) * 0.0), 1 / ((x + 1) * -0.0)  # inf and -inf
+        draws = torch.randn(4) + x, torch.randn(4) + x
+        return ints, floats, *zeros, *draws
+
+    x = torch.arange(4)
+    graph, _ = capture(fn, [x])
+    torch.manual_seed(3)
+    got = graph(x)
+    torch.manual_seed(3)
+    want = fn(x)
+    assert targets(graph).count(aten.randn.default) == 2
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+    assert (got[2] > 0).all() and (got[3] < 0).all()
+    assert not torch.equal(got[4], got[5])
+
+
+def test_an_op_on_constants_alone_is_computed_once():
+    scale = torch.tensor([2.0, 3.0])
+    graph, _ = capture(lambda x: ((x * scale.log()).sum(),), [torch.ones(2)])
+    assert aten.log.default not in targets(graph)
+    x = torch.randn(2)
+    assert torch.equal(graph(x)[0], (x * scale.log()).sum())
+
+
+def test_a_constant_written_in_place_is_computed_at_every_call():
+    scale = torch.tensor([2.0, 3.0])
+
+    def fn(x):
+        counts = scale.clone()
+        counts.add_(x)  # depends on the input: the log below must see it
+        return ((counts.log() * scale.log()).sum(),)
+
+    graph, _ = capture(fn, [torch.ones(2)])
+    assert targets(graph).count(aten.log.default) == 1  # scale's, folded; counts' stays
+    for x in (torch.zeros(2), torch.full((2,), 5.0)):
+        assert torch.equal(graph(x)[0], fn(x)[0])

@@ -1,19 +1,25 @@
-"""Removes the ops of a recorded aten graph that compute nothing.
+"""Removes the ops of a recorded aten graph that compute nothing, or nothing new.
 
 A recorded graph keeps every op that eager ran, and autograd's backward is generous with
-no-ops: ``x * 1``, ``x + 0``, ``x ** 1`` (the derivative of ``x ** 2``), ``-(-x)``, and a
-``detach`` wherever Pyro or autograd detaches. Inductor fuses them away; TorchScript's
-interpreter and FX code pay a dispatch for each, and a small graph run at every step (a
-NUTS leaf) holds many of them (``docs/backends.md`` has the figures).
+no-ops: ``x * 1``, ``x + 0``, ``x ** 1`` (the derivative of ``x ** 2``), ``-(-x)``, an
+``expand`` or ``view`` to the shape a tensor has, and a ``detach`` wherever Pyro or
+autograd detaches. Eager also computes the same thing twice (a distribution's
+``log(scale)`` in the model and the guide) and recomputes what depends on constants
+alone at every call (``log`` of a prior's scale). Inductor fuses all of it away;
+TorchScript's interpreter and FX code pay a dispatch for each, and a small graph run at
+every step (a NUTS leaf) holds many of them (``docs/backends.md`` has the figures).
+Every rewrite keeps the bits: the ops left are the ops eager ran, on the same values.
 """
 
 from __future__ import annotations
 
 import operator
 from numbers import Number
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
+from torch.fx.node import map_arg
 
 from .. import torch_shim
 from .recorder import SHAPE_DTYPE
@@ -34,6 +40,8 @@ _NEUTRAL = {
 }
 
 _ADDITIVE = frozenset({aten.add.Tensor, aten.sub.Tensor})
+# Ops that return their operand (a view of it) where the size asked for is its own.
+_SAME_SHAPE_VIEWS = frozenset({aten.expand.default, aten.view.default, aten.reshape.default})
 # Ops whose result is all zeros where their first operand is.
 _KEEP_ZEROS = frozenset(
     {
@@ -80,7 +88,88 @@ def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
             outputs.add(operand)
         graph.erase_node(node)
         removed += 1
-    return removed
+    return (
+        removed
+        + _fold_constants(graph_module, written, outputs)
+        + _merge_repeats(graph, written, outputs)
+    )
+
+
+def _pure(node: Node, written: set[Node], outputs: set[Node]) -> bool:
+    """Whether ``node`` is a call that the same arguments make the same bits of, that
+    nothing writes to, and that no caller gets back (a caller could write to it)."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch_shim.OpOverload):
+        return False
+    if node in written or node in outputs or not node.all_input_nodes:
+        return False  # a factory (``empty``) has no inputs: its values are its own
+    schema = torch_shim.op_schema(target)
+    return torch.Tag.nondeterministic_seeded not in target.tags and not any(
+        a.alias_info is not None and a.alias_info.is_write for a in schema.arguments
+    )
+
+
+def _fold_constants(graph_module: GraphModule, written: set[Node], outputs: set[Node]) -> int:
+    """Replaces each pure op on constants alone by its result, computed once here by the
+    same op (so with the same bits), as a constant of the graph."""
+    graph = graph_module.graph
+    values: dict[Node, torch.Tensor] = {}
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            value = getattr(graph_module, node.target)
+            if isinstance(value, torch.Tensor) and not value.requires_grad and node not in written:
+                values[node] = value
+            continue
+        if not _pure(node, written, outputs) or not all(n in values for n in node.all_input_nodes):
+            continue
+        args, kwargs = map_arg((node.args, node.kwargs), values.__getitem__)
+        with torch.no_grad():
+            value = node.target(*args, **kwargs)
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = f"_lazyjit_folded{folded}"
+        graph_module.register_buffer(name, value)
+        with graph.inserting_before(node):
+            constant = graph.get_attr(name)
+        constant.meta.update(node.meta)
+        node.replace_all_uses_with(constant)
+        graph.erase_node(node)
+        values[constant] = value
+        folded += 1
+    return folded
+
+
+def _merge_repeats(graph: torch.fx.Graph, written: set[Node], outputs: set[Node]) -> int:
+    """Gives each pure op that repeats an earlier one (the same op on the same nodes and
+    numbers) that one's result."""
+    seen: dict[tuple, Node] = {}
+    merged = 0
+    for node in list(graph.nodes):
+        if not _pure(node, written, outputs):
+            continue
+        key = (node.target, _key(node.args), _key(node.kwargs))
+        earlier = seen.setdefault(key, node)
+        if earlier is not node:
+            node.replace_all_uses_with(earlier)
+            graph.erase_node(node)
+            merged += 1
+    return merged
+
+
+def _key(value: Any) -> Any:
+    """``value`` (a node's arguments) as a dictionary key: nodes by identity, numbers by
+    type and repr (``x * 1`` and ``x * 1.0`` differ for an integer ``x``, and ``-0.0``
+    is not ``0.0``)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_key(v) for v in value))
+    if isinstance(value, dict):
+        return tuple(sorted((k, _key(v)) for k, v in value.items()))
+    if isinstance(value, Node):
+        return ("node", value)
+    if isinstance(value, Number):
+        return (type(value).__name__, repr(value))
+    return value
 
 
 def _is_zeros(node: Node, zeros: set[Node]) -> bool:
@@ -104,7 +193,9 @@ def _operand_if_noop(
         return node.args[0] if drop_detach else None
     if node in written:
         return None
-    if node.target is aten.neg.default:
+    if node.target in _SAME_SHAPE_VIEWS:
+        operand = node.args[0]  # the shape check below decides
+    elif node.target is aten.neg.default:
         inner = node.args[0]
         if isinstance(inner, Node) and inner.target is aten.neg.default and inner not in written:
             operand = inner.args[0]
@@ -152,7 +243,7 @@ def _written(graph: torch.fx.Graph) -> set[Node]:
             sources = [node.args[0]]
             writes = []
         elif isinstance(node.target, torch_shim.OpOverload):
-            schema = node.target._schema
+            schema = torch_shim.op_schema(node.target)
             arguments = [a for a in schema.arguments if not a.kwarg_only]
             pairs = list(zip(arguments, node.args)) + [
                 (a, node.kwargs[a.name]) for a in schema.arguments if a.name in node.kwargs

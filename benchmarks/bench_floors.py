@@ -1,0 +1,94 @@
+"""The floor under any drop-in loss: whole runs of ``pyro.infer.SVI`` on the seed Gaussian
+model with a loss that costs nothing (it sets every param's gradient to ones), beside the
+same run with Pyro's ``JitTrace_ELBO``, and with lazyjit's ``JitTrace_ELBO`` and
+``lazyjit.SVI``.
+
+    python benchmarks/bench_floors.py [--steps 2000,20000] [--repeats 3]
+
+The free loss leaves what a drop-in ELBO cannot change: the imports, the guide's setup,
+torch's import of ``torch._dynamo`` when Pyro's optimizer builds and steps a torch Adam,
+and Pyro's per-step loop (its param-only trace, a torch Adam step per param, the zeroing
+of gradients). Its ratio to Pyro's jit is the best that any loss under ``pyro.infer.SVI``
+can reach on this machine. Each run is a fresh process, one torch thread, from before
+``import torch`` to the last step; contenders alternate. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+CHILD = """
+import time
+start = time.perf_counter()
+import json, sys
+import pyro, torch
+torch.set_num_threads(1)
+contender, steps = sys.argv[1], int(sys.argv[2])
+from pyro.infer import SVI
+from pyro.infer.autoguide import AutoDiagonalNormal
+
+
+class FreeLoss(pyro.infer.Trace_ELBO):
+    # Reads every param (so that SVI's param trace finds them) and sets their gradients.
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        for name in pyro.get_param_store().keys():
+            param = pyro.param(name).unconstrained()
+            param.grad = torch.ones_like(param)
+        return 0.0
+
+
+svi_class = SVI
+if contender == "pyro-jit":
+    loss = pyro.infer.JitTrace_ELBO()
+elif contender == "free-loss":
+    loss = FreeLoss()
+else:
+    import lazyjit
+    loss = lazyjit.JitTrace_ELBO()
+    if contender == "lazyjit-fused":
+        svi_class = lazyjit.SVI
+from lazyjit.examples import gaussian_data, gaussian_model
+pyro.set_rng_seed(0)
+data = gaussian_data(100)
+guide = AutoDiagonalNormal(gaussian_model)
+guide(data)  # the params exist before the first step, for the free loss to find
+svi = svi_class(gaussian_model, guide, pyro.optim.Adam({"lr": 0.01}), loss)
+for _ in range(steps):
+    svi.step(data)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+CONTENDERS = ["pyro-jit", "free-loss", "lazyjit", "lazyjit-fused"]
+
+
+def run(contender: str, steps: int) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, contender, str(steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.splitlines()[-1])["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="2000,20000")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print("| steps | contender | median s | / Pyro's jit (median of rounds) |")
+    print("| ---: | --- | ---: | ---: |")
+    for steps in map(int, args.steps.split(",")):
+        rounds = [{c: run(c, steps) for c in CONTENDERS} for _ in range(args.repeats)]
+        for c in CONTENDERS:
+            seconds = statistics.median(r[c] for r in rounds)
+            ratio = statistics.median(r[c] / r["pyro-jit"] for r in rounds)
+            print(f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
