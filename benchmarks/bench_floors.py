@@ -15,11 +15,9 @@ can reach on this machine. Each run is a fresh process, one torch thread, from b
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import subprocess
-import sys
+
+from bench_reproducible import arguments, rounds  # this folder, as a script's sys.path[0]
 
 CHILD = """
 import time
@@ -65,28 +63,15 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 CONTENDERS = ["pyro-jit", "free-loss", "lazyjit", "lazyjit-fused"]
 
 
-def run(contender: str, steps: int) -> float:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, contender, str(steps)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.splitlines()[-1])["seconds"]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="2000,20000")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = arguments(__doc__)
     print("| steps | contender | median s | / Pyro's jit (median of rounds) |")
     print("| ---: | --- | ---: | ---: |")
     for steps in map(int, args.steps.split(",")):
-        rounds = [{c: run(c, steps) for c in CONTENDERS} for _ in range(args.repeats)]
+        runs = rounds(CHILD, CONTENDERS, steps, args.repeats)
         for c in CONTENDERS:
-            seconds = statistics.median(r[c] for r in rounds)
-            ratio = statistics.median(r[c] / r["pyro-jit"] for r in rounds)
+            seconds = statistics.median(r[c]["seconds"] for r in runs)
+            ratio = statistics.median(r[c]["seconds"] / r["pyro-jit"]["seconds"] for r in runs)
             print(f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} |")
 
 

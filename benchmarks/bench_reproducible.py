@@ -51,9 +51,11 @@ print(json.dumps({"seconds": time.perf_counter() - start, "loss": last, "waited"
 CONTENDERS = ["pyro-jit", "lazyjit-default", "lazyjit-when-ready"]
 
 
-def run(contender: str, steps: int) -> dict:
+def run(child: str, contender: str, steps: int) -> dict:
+    """One run of ``child`` (a ``python -c`` program printing a JSON line last) in a
+    fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, contender, str(steps)],
+        [sys.executable, "-c", child, contender, str(steps)],
         capture_output=True,
         text=True,
         check=True,
@@ -61,20 +63,30 @@ def run(contender: str, steps: int) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The command line of these whole-run scripts: ``--steps`` and ``--repeats``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", default="2000,20000")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def rounds(child: str, contenders: list[str], steps: int, repeats: int) -> list[dict]:
+    """``repeats`` rounds in which the contenders take turns, a fresh process a run."""
+    return [{c: run(child, c, steps) for c in contenders} for _ in range(repeats)]
+
+
+def main() -> None:
+    args = arguments(__doc__)
     print("| steps | contender | median s | / Pyro's jit | waited at the switch s | last loss |")
     print("| ---: | --- | ---: | ---: | ---: | --- |")
     for steps in map(int, args.steps.split(",")):
-        rounds = [{c: run(c, steps) for c in CONTENDERS} for _ in range(args.repeats)]
+        runs = rounds(CHILD, CONTENDERS, steps, args.repeats)
         for c in CONTENDERS:
-            seconds = statistics.median(r[c]["seconds"] for r in rounds)
-            ratio = statistics.median(r[c]["seconds"] / r["pyro-jit"]["seconds"] for r in rounds)
-            waited = statistics.median(r[c]["waited"] for r in rounds)
-            losses = sorted({f"{r[c]['loss']:.6f}" for r in rounds})
+            seconds = statistics.median(r[c]["seconds"] for r in runs)
+            ratio = statistics.median(r[c]["seconds"] / r["pyro-jit"]["seconds"] for r in runs)
+            waited = statistics.median(r[c]["waited"] for r in runs)
+            losses = sorted({f"{r[c]['loss']:.6f}" for r in runs})
             print(
                 f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} | {waited:.2f} | "
                 f"{', '.join(losses)} |"
