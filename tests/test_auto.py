@@ -196,6 +196,32 @@ def test_switches_at_a_fixed_call_and_waits_there(policy, held_inductor):
     assert lane.tier == "inductor"
 
 
+def test_a_lane_on_fx_code_switches_at_its_own_fixed_call(monkeypatch, held_inductor):
+    """FX code (no TorchScript here) takes about twice TorchScript's time a call: such a
+    lane switches after fx_switch_calls, the same call in every run; a lane that moves
+    to TorchScript after it was hot (a fused step) counts switch_calls instead."""
+    policy = TierPolicy(1, 2, switch_calls=6, local_hot_calls=2, fx_switch_calls=3)
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "policy", policy)
+    monkeypatch.setattr(lazyjit.config, "AUTO_SCRIPT_MAX_NODES", 0)  # FX code, always
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    for _ in range(3):
+        compiled.value_and_grad(x)
+    lane = program_of(compiled).lanes["value_and_grad"]
+    assert lane.tier == "aten" and lane.switch_at == 2 + 3
+    held_inductor.set()
+    for call in (3, 4, 5):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=call)
+    assert lane.tier == "inductor"
+
+    assert policy.switch_after("aten-jit") == 6 and policy.switch_after("aten") == 3
+    assert policy.replace(switch_calls=2).switch_after("aten") == 2  # never later
+    assert policy.replace(switch_calls=None).switch_after("aten") is None
+    lane.future, lane.hot_call = object(), 10  # hot at call 10, on FX code, then traced
+    lane.switch(lambda *inputs: inputs, "aten-jit")
+    assert lane.switch_at == 16
+
+
 def test_a_late_compile_is_waited_for(policy, monkeypatch):
     release = threading.Event()
 

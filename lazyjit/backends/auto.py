@@ -118,7 +118,8 @@ class AutoBackend(Backend):
 
     def replace(self, **changes: Any) -> AutoBackend:
         """A copy with another ``policy``, ``first`` or ``name``, or other policy fields
-        (``warm_calls``, ``hot_calls``, ``switch_calls``)."""
+        (``warm_calls``, ``hot_calls``, ``switch_calls``, ``fx_switch_calls``,
+        ``local_hot_calls``)."""
         fields = {f.name for f in dataclasses.fields(TierPolicy)}
         policy = self.policy.replace(**{k: changes.pop(k) for k in fields & set(changes)})
         return AutoBackend(**{"policy": policy, "first": self.first, "name": self.name, **changes})

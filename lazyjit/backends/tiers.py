@@ -65,6 +65,11 @@ class TierPolicy:
         was hot, waiting there for the compile if it is not done yet. ``None`` switches
         as soon as the compile is done instead: faster to arrive, but at a call that
         depends on the machine's load, so two runs may differ in the last bits.
+    :ivar fx_switch_calls: ``switch_calls`` (at most) for a lane whose graph runs as FX
+        code (``"aten"``: no TorchScript, or a graph too big to trace), whose calls take
+        about twice as long: the switch comes after about as much time, while the
+        compile is done. Which tier a lane runs is decided by the graph and the torch
+        build, not by the clock, so the switch call is still the same in every run.
     :ivar local_hot_calls: where the compile must run in this process instead (a training
         compile, or no worker: one CPU, or :data:`lazyjit.config.COMPILE_WORKER` off), the
         lane is hot after this many calls (and ``hot_calls``): such a compile slows this
@@ -75,10 +80,17 @@ class TierPolicy:
     hot_calls: float = 100
     switch_calls: float | None = 10000
     local_hot_calls: float = 2000
+    fx_switch_calls: float = 5000
 
     def replace(self, **changes: float | None) -> TierPolicy:
         """A copy with ``changes`` (``math.inf``: never)."""
         return dataclasses.replace(self, **changes)
+
+    def switch_after(self, tier: str) -> float | None:
+        """Calls from hot to the switch for a lane that runs ``tier`` meanwhile."""
+        if self.switch_calls is None or tier != "aten":
+            return self.switch_calls
+        return min(self.switch_calls, self.fx_switch_calls)
 
 
 class Owner(Protocol):
@@ -118,6 +130,7 @@ class Lane:
         self.graph_module: GraphModule | None = None
         self.grad = False
         self.future: Future | None = None
+        self.hot_call = 0  # the call at which the lane was hot
         self.switch_at = math.inf
         self.hot_at = self._hot_at()
         self.waited_seconds = 0.0
@@ -227,11 +240,18 @@ class Lane:
                     self._finish_compile(done_future(job))
                 return
             self.future = COMPILER.submit(job)
-            if self.policy.switch_calls is not None:
-                self.switch_at = self.calls + self.policy.switch_calls
+            self.hot_call = self.calls
+            self._set_switch()
         finally:
             if self.future is None:
                 self.settle()
+
+    def _set_switch(self) -> None:
+        """Names the switch call for the tier the lane runs now (a fused step is hot
+        before its warm tier is chosen)."""
+        after = self.policy.switch_after(self.tier)
+        if self.future is not None and after is not None:
+            self.switch_at = self.hot_call + after
 
     def _run_captured(self, inputs: Sequence[torch.Tensor]) -> None:
         runner, tier = warm_runner(self.graph_module, inputs, self.grad, self.owner)
@@ -282,6 +302,8 @@ class Lane:
         self.runner = run
         logger.info("lazyjit: %s switched from %s to %s", self.kind, self.tier, tier)
         self.tier = tier
+        if tier != "inductor":
+            self._set_switch()
 
 
 class Unkeepable(Exception):

@@ -39,7 +39,10 @@ def auto_rule() -> str:
     if policy.switch_calls is None:
         inductor = f"inductor's code once compiled, after call {policy.hot_calls:g}"
     else:
-        inductor = f"inductor's code from call {policy.hot_calls + policy.switch_calls:g}"
+        inductor = (
+            f"inductor's code from call {policy.hot_calls + policy.switch_calls:g}, "
+            f"{policy.hot_calls + policy.switch_after('aten'):g} as FX code"
+        )
     return f"a captured graph after {policy.warm_calls:g} calls, {inductor}"
 
 
