@@ -131,7 +131,6 @@ class Lane:
         self.grad = False
         self.future: Future | None = None
         self.hot_call = 0  # the call at which the lane was hot
-        self.switch_at = math.inf
         self.hot_at = self._hot_at()
         self.waited_seconds = 0.0
         self.warned: set[str] = set()
@@ -150,6 +149,13 @@ class Lane:
             if self.graph_module is not None or self._capture(inputs, wrt):
                 self._run_captured(inputs)
         return result
+
+    @property
+    def switch_at(self) -> float:
+        """The call at which the lane takes inductor's code: counted from the call it was
+        hot, for the tier it runs (a fused step is hot before its warm tier is chosen)."""
+        after = self.policy.switch_after(self.tier)
+        return math.inf if self.future is None or after is None else self.hot_call + after
 
     def _hot_at(self) -> float:
         """The call after which the lane is hot: ``policy.hot_calls`` where the compile
@@ -241,17 +247,9 @@ class Lane:
                 return
             self.future = COMPILER.submit(job)
             self.hot_call = self.calls
-            self._set_switch()
         finally:
             if self.future is None:
                 self.settle()
-
-    def _set_switch(self) -> None:
-        """Names the switch call for the tier the lane runs now (a fused step is hot
-        before its warm tier is chosen)."""
-        after = self.policy.switch_after(self.tier)
-        if self.future is not None and after is not None:
-            self.switch_at = self.hot_call + after
 
     def _run_captured(self, inputs: Sequence[torch.Tensor]) -> None:
         runner, tier = warm_runner(self.graph_module, inputs, self.grad, self.owner)
@@ -302,8 +300,6 @@ class Lane:
         self.runner = run
         logger.info("lazyjit: %s switched from %s to %s", self.kind, self.tier, tier)
         self.tier = tier
-        if tier != "inductor":
-            self._set_switch()
 
 
 class Unkeepable(Exception):
