@@ -54,9 +54,10 @@ class SVI(pyro.infer.SVI):
 
     The first step of each call signature is Pyro's step with the eager ELBO: it creates
     the params lazily, as Pyro does, and the optimizer state (its Adam update is the
-    fused graph's, run eagerly, which spares a short run torch's import of dynamo). The second captures the fused step
-    (about as long as one capture of the loss) and runs it as FX code; inductor compiles
-    it in the background and later steps run the compiled code once it is ready.
+    fused graph's, run eagerly, which spares a short run torch's import of dynamo). The
+    second captures the fused step (about as long as one capture of the loss) and runs
+    it as FX code; inductor compiles it in the background and later steps run the
+    compiled code once it is ready.
     The optimizer state stays in ``optim`` (``optim.get_state()`` and ``save`` work); a
     ClippedAdam's decayed learning rate is computed inside the graph, so its
     ``param_groups[0]["lr"]`` stays at the value it had when the step was compiled.

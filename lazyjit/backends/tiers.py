@@ -67,9 +67,9 @@ class TierPolicy:
         depends on the machine's load, so two runs may differ in the last bits.
     :ivar fx_switch_calls: ``switch_calls`` (at most) for a lane whose graph runs as FX
         code (``"aten"``: no TorchScript, or a graph too big to trace), whose calls take
-        about twice as long: the switch comes after about as much time, while the
-        compile is done. Which tier a lane runs is decided by the graph and the torch
-        build, not by the clock, so the switch call is still the same in every run.
+        about twice as long: the switch comes after about as much time. Which tier a
+        lane runs is decided by the graph and the torch build, not by the clock, so the
+        switch call is still the same in every run.
     :ivar local_hot_calls: where the compile must run in this process instead (a training
         compile, or no worker: one CPU, or :data:`lazyjit.config.COMPILE_WORKER` off), the
         lane is hot after this many calls (and ``hot_calls``): such a compile slows this

@@ -78,7 +78,8 @@ def gaussian_contenders(backends: list[str]) -> dict[str, Callable[[], Step]]:
 
 def fused_svi(data: torch.Tensor) -> Step:
     """``lazyjit.SVI`` (loss, gradients and Adam in one graph) with the default backend:
-    its first step is Pyro's step with the eager ELBO, its second captures, inductor compiles later."""
+    its first step is Pyro's step with the eager ELBO, its second captures, inductor
+    compiles later."""
     return gaussian_svi(JitTrace_ELBO(ignore_jit_warnings=True), data, SVI)
 
 

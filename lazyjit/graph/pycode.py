@@ -28,7 +28,7 @@ aten = torch.ops.aten
 # argument parser is generated for it, about a microsecond a call faster than the
 # operator's own entry, which reads its schema at every call. Overloads reached by no
 # public function with the same arguments (``mul.Scalar``, ``slice.Tensor``) keep the entry.
-PUBLIC_ENTRIES: dict = {
+PUBLIC_ENTRIES: dict[torch_shim.OpOverload, Callable] = {
     aten.abs.default: torch.abs,
     aten.add.Tensor: torch.add,
     aten.addcmul.default: torch.addcmul,

@@ -58,8 +58,10 @@ _KEEP_ZEROS = frozenset(
 
 
 def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
-    """Rewires each no-op's users to its operand and returns how many went. The graph
-    changes in place; its module's code is the caller's to regenerate (``recompile()``).
+    """Rewires each no-op's users to its operand, then folds the pure ops on constants
+    alone and merges repeated pure ops (:func:`_fold_constants`, :func:`_merge_repeats`),
+    and returns how many ops went. The graph changes in place; its module's code is the
+    caller's to regenerate (``recompile()``).
 
     An arithmetic no-op goes only where the recorded shape and dtype show it changes
     neither (``int_tensor * 1.0`` is a cast), and where no op of the graph writes in
