@@ -15,9 +15,11 @@ can reach on this machine. Each run is a fresh process, one torch thread, from b
 
 from __future__ import annotations
 
-import statistics
-
-from bench_reproducible import arguments, rounds  # this folder, as a script's sys.path[0]
+from bench_reproducible import (  # this folder, as a script's sys.path[0]
+    arguments,
+    rounds,
+    seconds_and_ratio,
+)
 
 CHILD = """
 import time
@@ -70,8 +72,7 @@ def main() -> None:
     for steps in map(int, args.steps.split(",")):
         runs = rounds(CHILD, CONTENDERS, steps, args.repeats)
         for c in CONTENDERS:
-            seconds = statistics.median(r[c]["seconds"] for r in runs)
-            ratio = statistics.median(r[c]["seconds"] / r["pyro-jit"]["seconds"] for r in runs)
+            seconds, ratio = seconds_and_ratio(runs, c)
             print(f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} |")
 
 

@@ -76,6 +76,14 @@ def rounds(child: str, contenders: list[str], steps: int, repeats: int) -> list[
     return [{c: run(child, c, steps) for c in contenders} for _ in range(repeats)]
 
 
+def seconds_and_ratio(runs: list[dict], contender: str) -> tuple[float, float]:
+    """The contender's median seconds over the rounds, and the median of its per-round
+    ratios to Pyro's jit."""
+    seconds = statistics.median(r[contender]["seconds"] for r in runs)
+    ratio = statistics.median(r[contender]["seconds"] / r["pyro-jit"]["seconds"] for r in runs)
+    return seconds, ratio
+
+
 def main() -> None:
     args = arguments(__doc__)
     print("| steps | contender | median s | / Pyro's jit | waited at the switch s | last loss |")
@@ -83,8 +91,7 @@ def main() -> None:
     for steps in map(int, args.steps.split(",")):
         runs = rounds(CHILD, CONTENDERS, steps, args.repeats)
         for c in CONTENDERS:
-            seconds = statistics.median(r[c]["seconds"] for r in runs)
-            ratio = statistics.median(r[c]["seconds"] / r["pyro-jit"]["seconds"] for r in runs)
+            seconds, ratio = seconds_and_ratio(runs, c)
             waited = statistics.median(r[c]["waited"] for r in runs)
             losses = sorted({f"{r[c]['loss']:.6f}" for r in runs})
             print(
