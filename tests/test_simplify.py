@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lazyjit
-from lazyjit.graph.capture import capture, capture_value_and_grad
+from lazyjit.graph.capture import capture, capture_value_and_grad, constants
 
 aten = torch.ops.aten
 
@@ -118,6 +118,10 @@ def test_an_op_on_constants_alone_is_computed_once():
     assert aten.log.default not in targets(graph)
     x = torch.randn(2)
     assert torch.equal(graph(x)[0], (x * scale.log()).sum())
+    # The graph holds the folded constant only, not the one it was folded from: every
+    # tensor held is passed to each call of a compiled graph.
+    (held,) = constants(graph)
+    assert torch.equal(held, scale.log())
 
 
 def test_a_constant_written_in_place_is_computed_at_every_call():

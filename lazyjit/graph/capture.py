@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from pyro import validation_enabled
-from torch.fx import GraphModule
+from torch.fx import Graph, GraphModule
 from torch.overrides import TorchFunctionMode
 
 from .. import torch_shim
@@ -73,7 +73,7 @@ def capture(
 
     try:
         with validation_enabled(False), keep_random_stream(inputs), pyro_sees_a_tracer():
-            graph_module = record(traced, inputs, detach_no_grad=replayable)
+            root, graph = record(traced, inputs, detach_no_grad=replayable)
     except RuntimeError as e:
         if DATA_DEPENDENT in str(e):
             raise StructureError(
@@ -81,12 +81,11 @@ def capture(
                 _site(e),
             ) from e
         raise
-    sources = {_fx_source_key(graph_module)}
-    simplify(graph_module, drop_detach=no_grad or not _grad_anywhere(graph_module, inputs))
-    graph_module.graph.eliminate_dead_code()
-    graph_module.recompile()
-    sources.add(_fx_source_key(graph_module))
-    weakref.finalize(graph_module, torch_shim.forget_fx_sources, sources)
+    simplify(root, graph, drop_detach=no_grad or not _grad_anywhere(root, graph, inputs))
+    graph.eliminate_dead_code()
+    # Made last, it takes only the constants that the graph still reads.
+    graph_module = GraphModule(root, graph)
+    weakref.finalize(graph_module, torch_shim.forget_fx_sources, {_fx_source_key(graph_module)})
     return graph_module, frozenset(custom_autograd)
 
 
@@ -109,9 +108,10 @@ def constants(graph_module: GraphModule) -> list[torch.Tensor]:
     ]
 
 
-def _grad_anywhere(graph_module: GraphModule, inputs: Sequence[torch.Tensor]) -> bool:
-    """Whether an input or a constant of the graph requires grad."""
-    return any(t.requires_grad for t in (*inputs, *constants(graph_module)))
+def _grad_anywhere(root: torch.nn.Module, graph: Graph, inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether an input or a constant of the graph (an attribute of ``root``) requires grad."""
+    held = [getattr(root, node.target) for node in graph.find_nodes(op="get_attr")]
+    return any(t.requires_grad for t in (*inputs, *held))
 
 
 # torch.fx keeps the source of every GraphModule it generates in a process-wide cache

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.fx import Graph, GraphModule, Node
+from torch.fx import Graph, Node
 
 from .. import guards
 from ..torch_shim import TorchDispatchMode, tree_flatten, tree_unflatten
@@ -43,11 +43,14 @@ def record(
     fn: Callable[..., Sequence[torch.Tensor]],
     inputs: Sequence[torch.Tensor],
     detach_no_grad: bool = False,
-) -> GraphModule:
-    """The graph of the aten ops that ``fn(*inputs)`` runs, returning its outputs.
+) -> tuple[torch.nn.Module, Graph]:
+    """The graph of the aten ops that ``fn(*inputs)`` runs, returning its outputs, and the
+    module that holds its constants: ``GraphModule(*record(fn, inputs))`` runs it. (A
+    GraphModule generates and compiles its code when made: on a big graph that costs
+    seconds, so the caller makes one after its own passes.)
 
     An input is identified by the tensor object itself; any other tensor the function
-    reads (a closure's data) becomes a constant of the graph module. Where ``fn`` reads the
+    reads (a closure's data) becomes a constant of the graph. Where ``fn`` reads the
     value of a tensor that depends on an input, the read is guarded if
     :func:`lazyjit.guards.collecting` is on, else refused: ``RuntimeError`` (with
     :data:`DATA_DEPENDENT` in its message), as the graph could not replay that branch.
@@ -65,7 +68,7 @@ def record(
     with guards.watching(recorder.depends), recorder:
         outputs = tuple(fn(*inputs))
     recorder.graph.output(tuple(recorder.arg(o) for o in outputs))
-    return GraphModule(recorder.root, recorder.graph)
+    return recorder.root, recorder.graph
 
 
 class _Recorder(TorchDispatchMode):

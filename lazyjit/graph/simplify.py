@@ -18,7 +18,7 @@ from numbers import Number
 from typing import Any
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import Graph, Node
 from torch.fx.node import map_arg
 
 from .. import torch_shim
@@ -57,11 +57,11 @@ _KEEP_ZEROS = frozenset(
 )
 
 
-def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
+def simplify(root: torch.nn.Module, graph: Graph, drop_detach: bool) -> int:
     """Rewires each no-op's users to its operand, then folds the pure ops on constants
     alone and merges repeated pure ops (:func:`_fold_constants`, :func:`_merge_repeats`),
-    and returns how many ops went. The graph changes in place; its module's code is the
-    caller's to regenerate (``recompile()``).
+    and returns how many ops went. The graph changes in place; ``root`` holds its
+    constants (folded ones are added to it).
 
     An arithmetic no-op goes only where the recorded shape and dtype show it changes
     neither (``int_tensor * 1.0`` is a cast), and where no op of the graph writes in
@@ -72,7 +72,6 @@ def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
     a constant: the caller could write to what it gets back. As in inductor's own
     ``remove_no_ops``, ``x + 0`` goes although it turns ``-0.0`` into ``0.0``.
     """
-    graph = graph_module.graph
     written = _written(graph)
     outputs = set(graph.output_node().all_input_nodes)
     zeros: set[Node] = set()
@@ -92,7 +91,7 @@ def simplify(graph_module: GraphModule, drop_detach: bool) -> int:
         removed += 1
     return (
         removed
-        + _fold_constants(graph_module, written, outputs)
+        + _fold_constants(root, graph, written, outputs)
         + _merge_repeats(graph, written, outputs)
     )
 
@@ -111,15 +110,16 @@ def _pure(node: Node, written: set[Node], outputs: set[Node]) -> bool:
     )
 
 
-def _fold_constants(graph_module: GraphModule, written: set[Node], outputs: set[Node]) -> int:
+def _fold_constants(
+    root: torch.nn.Module, graph: Graph, written: set[Node], outputs: set[Node]
+) -> int:
     """Replaces each pure op on constants alone by its result, computed once here by the
     same op (so with the same bits), as a constant of the graph."""
-    graph = graph_module.graph
     values: dict[Node, torch.Tensor] = {}
     folded = 0
     for node in list(graph.nodes):
         if node.op == "get_attr":
-            value = getattr(graph_module, node.target)
+            value = getattr(root, node.target)
             if isinstance(value, torch.Tensor) and not value.requires_grad and node not in written:
                 values[node] = value
             continue
@@ -131,7 +131,7 @@ def _fold_constants(graph_module: GraphModule, written: set[Node], outputs: set[
         if not isinstance(value, torch.Tensor):
             continue
         name = f"_lazyjit_folded{folded}"
-        graph_module.register_buffer(name, value)
+        root.register_buffer(name, value)
         with graph.inserting_before(node):
             constant = graph.get_attr(name)
         constant.meta.update(node.meta)
@@ -142,7 +142,7 @@ def _fold_constants(graph_module: GraphModule, written: set[Node], outputs: set[
     return folded
 
 
-def _merge_repeats(graph: torch.fx.Graph, written: set[Node], outputs: set[Node]) -> int:
+def _merge_repeats(graph: Graph, written: set[Node], outputs: set[Node]) -> int:
     """Gives each pure op that repeats an earlier one (the same op on the same nodes and
     numbers) that one's result."""
     seen: dict[tuple, Node] = {}
@@ -227,7 +227,7 @@ def _operand_if_noop(
     return operand
 
 
-def _written(graph: torch.fx.Graph) -> set[Node]:
+def _written(graph: Graph) -> set[Node]:
     """The nodes that some op writes to in place, with every node sharing their memory
     (views of them, what they are views of)."""
     parent: dict[Node, Node] = {}
