@@ -6,6 +6,7 @@ captured graph run as FX code), which exercises the tiering in milliseconds; the
 that compile with inductor for real cost seconds each, and all but one are ``slow``.
 """
 
+import math
 import threading
 import warnings
 
@@ -220,6 +221,75 @@ def test_a_lane_on_fx_code_switches_at_its_own_fixed_call(monkeypatch, held_indu
     lane.future, lane.hot_call = object(), 10  # hot at call 10, on FX code, then traced
     lane.switch(lambda *inputs: inputs, "aten-jit")
     assert lane.switch_at == 16
+
+
+def test_a_lane_of_slow_calls_switches_after_about_switch_seconds(monkeypatch, held_inductor):
+    """A graph whose calls the estimate says are slow switches after about
+    ``switch_seconds`` of them rather than ``switch_calls``: still a fixed call."""
+    policy = TierPolicy(1, 2, switch_calls=1000, local_hot_calls=2, switch_seconds=100.0)
+    monkeypatch.setattr(lazyjit.BACKENDS["auto"], "policy", policy)
+    monkeypatch.setattr(lazyjit.backends.tiers, "OP_SECONDS", 1.5)  # a slow op
+    compiled = lazyjit.trace(noisy_log_prob)
+    x = torch.randn(5)
+    for _ in range(3):
+        compiled.value_and_grad(x)
+    lane = program_of(compiled).lanes["value_and_grad"]
+    after = math.ceil(100.0 / lane.seconds_a_call)
+    assert 1 < after < 10 and lane.future is not None and lane.switch_at == 2 + after
+    held_inductor.set()
+    for call in range(3, 2 + after):
+        assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=call)
+        assert lane.tier == "aten-jit"
+    assert_value_and_grad_match_eager(compiled, noisy_log_prob, x, seed=2 + after)
+    assert lane.tier == "inductor"
+
+
+def test_the_policy_counts_calls_for_cheap_graphs_and_seconds_for_slow_ones():
+    policy = TierPolicy()
+    assert policy.hot_after(0.0) == 100 and policy.hot_after(1e-5) == 100
+    assert policy.hot_after(0.01) == 25 and policy.hot_after(1.0) == 1
+    assert policy.switch_after("aten-jit", 0.0) == 10000 and policy.switch_after("aten") == 5000
+    assert policy.switch_after("aten-jit", 0.01) == 400 == policy.switch_after("aten", 0.01)
+    assert policy.switch_after("aten-jit", 3.0) == 2
+    assert policy.replace(switch_calls=None).switch_after("aten-jit", 3.0) is None
+
+
+def test_the_estimate_counts_ops_bytes_and_matrix_products():
+    from lazyjit.backends.tiers import BYTE_SECONDS, FLOP_SECONDS, OP_SECONDS, call_seconds
+    from lazyjit.graph.capture import capture
+
+    graph_module, _ = capture(lambda a, b: ((a @ b).exp(),), [torch.ones(2, 3), torch.ones(3, 4)])
+    ops, written, flops = 2, 2 * 8 * 4, 2 * 2 * 3 * 4  # mm and exp, each 2x4 float32
+    expected = ops * OP_SECONDS + written * BYTE_SECONDS + flops * FLOP_SECONDS
+    assert call_seconds(graph_module) == pytest.approx(expected)
+
+
+def test_the_seed_model_switches_by_count(monkeypatch, policy, fx_for_inductor):
+    """The seconds are for big graphs: the seed model's loss and fused step keep the
+    counts (the calls the benchmarks' seeded figures rest on)."""
+    lanes = []
+    init = lazyjit.backends.tiers.Lane.__init__
+
+    def registering(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        lanes.append(self)
+
+    monkeypatch.setattr(lazyjit.backends.tiers.Lane, "__init__", registering)
+    policy(warm=1)
+    for svi_class in (pyro.infer.SVI, lazyjit.SVI):
+        pyro.clear_param_store()
+        guide = AutoDiagonalNormal(gaussian_model)
+        elbo = lazyjit.JitTrace_ELBO()
+        svi = svi_class(gaussian_model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+        for _ in range(3):
+            svi.step(gaussian_data(100))
+    estimates = [lane.seconds_a_call for lane in lanes if lane.graph_module is not None]
+    assert len(estimates) == 2 and all(seconds > 0 for seconds in estimates)
+    default = TierPolicy()
+    for seconds in estimates:
+        assert default.hot_after(seconds) == default.hot_calls
+        assert default.switch_after("aten-jit", seconds) == default.switch_calls
+        assert default.switch_after("aten", seconds) == default.fx_switch_calls
 
 
 def test_a_late_compile_is_waited_for(policy, monkeypatch):

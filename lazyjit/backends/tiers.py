@@ -38,6 +38,7 @@ from ..graph.capture import (
     run_value_and_grad,
 )
 from ..graph.pycode import fx_code
+from ..graph.recorder import SHAPE_DTYPE
 from ..log import Stopwatch, logger
 from .aten_jit import script_graph
 from .base import needs_autograd
@@ -74,6 +75,15 @@ class TierPolicy:
         compile, or no worker: one CPU, or :data:`lazyjit.config.COMPILE_WORKER` off), the
         lane is hot after this many calls (and ``hot_calls``): such a compile slows this
         process's loop down while it runs (a training compile stops it).
+    :ivar hot_seconds: a lane whose calls are slow is hot sooner than ``hot_calls``: once
+        its calls took about this long, by :func:`call_seconds`'s estimate.
+    :ivar switch_seconds: likewise, a lane whose calls are slow switches sooner than
+        ``switch_calls`` (or ``fx_switch_calls``): after about this long from hot. The
+        counts are the rule for cheap calls, whose compile is small (a seed model's
+        10,000 calls take about as long as the worker's arrival); the seconds are the
+        rule for a big graph, whose calls may take a second each and whose inductor code
+        is often several times faster. The estimate comes from the graph alone, so the
+        switch call is still the same in every run.
     """
 
     warm_calls: float = 2
@@ -81,16 +91,65 @@ class TierPolicy:
     switch_calls: float | None = 10000
     local_hot_calls: float = 2000
     fx_switch_calls: float = 5000
+    hot_seconds: float = 0.25
+    switch_seconds: float = 4.0
 
     def replace(self, **changes: float | None) -> TierPolicy:
         """A copy with ``changes`` (``math.inf``: never)."""
         return dataclasses.replace(self, **changes)
 
-    def switch_after(self, tier: str) -> float | None:
-        """Calls from hot to the switch for a lane that runs ``tier`` meanwhile."""
-        if self.switch_calls is None or tier != "aten":
-            return self.switch_calls
-        return min(self.switch_calls, self.fx_switch_calls)
+    def hot_after(self, seconds_a_call: float) -> float:
+        """Calls to hot for a lane whose calls take ``seconds_a_call`` (an estimate)."""
+        return min(self.hot_calls, _calls_in(self.hot_seconds, seconds_a_call))
+
+    def switch_after(self, tier: str, seconds_a_call: float = 0.0) -> float | None:
+        """Calls from hot to the switch for a lane that runs ``tier`` meanwhile, at
+        ``seconds_a_call`` a call (an estimate)."""
+        if self.switch_calls is None:
+            return None
+        count = (
+            self.switch_calls if tier != "aten" else min(self.switch_calls, self.fx_switch_calls)
+        )
+        return min(count, _calls_in(self.switch_seconds, seconds_a_call))
+
+
+def _calls_in(seconds: float, seconds_a_call: float) -> float:
+    return math.ceil(seconds / seconds_a_call) if seconds_a_call > 0 else math.inf
+
+
+# The estimate of a call's time behind TierPolicy's seconds: a dispatch per op (what bounds
+# a small graph on TorchScript), the bytes its ops write (what bounds a big one), and the
+# arithmetic of its matrix products. Rough, and on the low side, so that a lane switches
+# late rather than early; docs/backends.md has the calibration.
+OP_SECONDS = 1.5e-6
+BYTE_SECONDS = 0.4e-9
+FLOP_SECONDS = 0.01e-9
+_MATMULS = frozenset(
+    {
+        torch.ops.aten.mm.default,
+        torch.ops.aten.bmm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.baddbmm.default,
+    }
+)
+
+
+def call_seconds(graph_module: GraphModule) -> float:
+    """A call of ``graph_module`` on a warm tier, estimated from its ops and the shapes
+    recorded at capture: no clock, so the calls counted from it are the same in every run."""
+    seconds = 0.0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        seconds += OP_SECONDS
+        shape_dtype = node.meta.get(SHAPE_DTYPE)
+        if shape_dtype is not None:
+            shape, dtype = shape_dtype
+            seconds += math.prod(shape) * dtype.itemsize * BYTE_SECONDS
+        if node.target in _MATMULS:
+            a, b = (arg.meta[SHAPE_DTYPE][0] for arg in node.args[-2:])
+            seconds += 2 * math.prod(a) * b[-1] * FLOP_SECONDS
+    return seconds
 
 
 class Owner(Protocol):
@@ -131,6 +190,7 @@ class Lane:
         self.grad = False
         self.future: Future | None = None
         self.hot_call = 0  # the call at which the lane was hot
+        self.seconds_a_call = 0.0  # call_seconds of its graph, once it has one
         self.hot_at = self._hot_at()
         self.waited_seconds = 0.0
         self.warned: set[str] = set()
@@ -154,14 +214,15 @@ class Lane:
     def switch_at(self) -> float:
         """The call at which the lane takes inductor's code: counted from the call it was
         hot, for the tier it runs (a fused step is hot before its warm tier is chosen)."""
-        after = self.policy.switch_after(self.tier)
+        after = self.policy.switch_after(self.tier, self.seconds_a_call)
         return math.inf if self.future is None or after is None else self.hot_call + after
 
     def _hot_at(self) -> float:
         """The call after which the lane is hot: ``policy.hot_calls`` where the compile
-        can go to the worker, ``policy.local_hot_calls`` (at least) where it cannot."""
+        can go to the worker (sooner for slow calls), ``policy.local_hot_calls`` (at least)
+        where it cannot."""
         if not self.grad and WORKER.usable():
-            return self.policy.hot_calls
+            return self.policy.hot_after(self.seconds_a_call)
         return max(self.policy.hot_calls, self.policy.local_hot_calls)
 
     def _claim(self, flag: str) -> bool:
@@ -176,6 +237,8 @@ class Lane:
         """Runs ``graph_module`` (a plain call's, given in advance) as FX code
         (``code``) until the policy moves the lane on."""
         self.graph_module = graph_module
+        self.seconds_a_call = call_seconds(graph_module)
+        self.hot_at = self._hot_at()
         self.switch(code, "aten")
 
     def settle(self) -> None:
@@ -205,6 +268,7 @@ class Lane:
             self._stay(f"capturing its graph failed ({type(e).__name__}: {e})")
             return False
         self.wrt, self.graph_module, self.grad = wrt, graph_module, grad
+        self.seconds_a_call = call_seconds(graph_module)
         self.hot_at = self._hot_at()
         clock.done(
             self.owner.add_compile_seconds,
@@ -257,16 +321,7 @@ class Lane:
 
     def _take_compiled(self) -> None:
         """At the switch call: waits for the compile, and switches to it."""
-        clock = Stopwatch()
-        concurrent.futures.wait([self.future])
-        self.waited_seconds = clock.elapsed()
-        if self.waited_seconds > 0.001:
-            logger.info(
-                "lazyjit: %s waited %.3f s at call %d for its inductor compile",
-                self.kind,
-                self.waited_seconds,
-                self.calls,
-            )
+        self.waited_seconds = _wait_for(self.future, self.kind, self.calls)
         self._finish_compile(self.future)
         self.settle()
 
@@ -300,6 +355,18 @@ class Lane:
         self.runner = run
         logger.info("lazyjit: %s switched from %s to %s", self.kind, self.tier, tier)
         self.tier = tier
+
+
+def _wait_for(future: Future, kind: str, call: int) -> float:
+    """Waits for a lane's compile at its switch call; the seconds waited (logged)."""
+    clock = Stopwatch()
+    concurrent.futures.wait([future])
+    waited = clock.elapsed()
+    if waited > 0.001:
+        logger.info(
+            "lazyjit: %s waited %.3f s at call %d for its inductor compile", kind, waited, call
+        )
+    return waited
 
 
 class Unkeepable(Exception):

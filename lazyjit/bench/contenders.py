@@ -41,7 +41,8 @@ def auto_rule() -> str:
     else:
         inductor = (
             f"inductor's code from call {policy.hot_calls + policy.switch_calls:g}, "
-            f"{policy.hot_calls + policy.switch_after('aten'):g} as FX code"
+            f"{policy.hot_calls + policy.switch_after('aten'):g} as FX code (sooner where "
+            f"a call is slow: about {policy.switch_seconds:g} s of calls after hot)"
         )
     return f"a captured graph after {policy.warm_calls:g} calls, {inductor}"
 
