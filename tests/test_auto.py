@@ -262,6 +262,9 @@ def test_the_estimate_counts_ops_bytes_and_matrix_products():
     ops, written, flops = 2, 2 * 8 * 4, 2 * 2 * 3 * 4  # mm and exp, each 2x4 float32
     expected = ops * OP_SECONDS + written * BYTE_SECONDS + flops * FLOP_SECONDS
     assert call_seconds(graph_module) == pytest.approx(expected)
+    # A graph whose compile would take minutes keeps the counts.
+    assert TierPolicy().seconds_a_call(graph_module) == call_seconds(graph_module)
+    assert TierPolicy(seconds_max_ops=1).seconds_a_call(graph_module) == 0.0
 
 
 def test_the_seed_model_switches_by_count(monkeypatch, policy, fx_for_inductor):

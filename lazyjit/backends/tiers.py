@@ -84,6 +84,10 @@ class TierPolicy:
         rule for a big graph, whose calls may take a second each and whose inductor code
         is often several times faster. The estimate comes from the graph alone, so the
         switch call is still the same in every run.
+    :ivar seconds_max_ops: the seconds apply to a graph of at most this many ops. With an
+        empty cache inductor takes 30 to 45 ms an op (a 600-op graph 18 to 29 s on two
+        CPUs): a deep Markov model's 31,000 ops would make the switch wait for many
+        minutes.
     """
 
     warm_calls: float = 2
@@ -93,10 +97,16 @@ class TierPolicy:
     fx_switch_calls: float = 5000
     hot_seconds: float = 0.25
     switch_seconds: float = 4.0
+    seconds_max_ops: float = 2000
 
     def replace(self, **changes: float | None) -> TierPolicy:
         """A copy with ``changes`` (``math.inf``: never)."""
         return dataclasses.replace(self, **changes)
+
+    def seconds_a_call(self, graph_module: GraphModule) -> float:
+        """:func:`call_seconds` of a graph that the seconds apply to; else 0 (counts only)."""
+        ops = sum(node.op == "call_function" for node in graph_module.graph.nodes)
+        return call_seconds(graph_module) if ops <= self.seconds_max_ops else 0.0
 
     def hot_after(self, seconds_a_call: float) -> float:
         """Calls to hot for a lane whose calls take ``seconds_a_call`` (an estimate)."""
@@ -190,7 +200,7 @@ class Lane:
         self.grad = False
         self.future: Future | None = None
         self.hot_call = 0  # the call at which the lane was hot
-        self.seconds_a_call = 0.0  # call_seconds of its graph, once it has one
+        self.seconds_a_call = 0.0  # of its graph, once it has one (policy.seconds_a_call)
         self.hot_at = self._hot_at()
         self.waited_seconds = 0.0
         self.warned: set[str] = set()
@@ -237,7 +247,7 @@ class Lane:
         """Runs ``graph_module`` (a plain call's, given in advance) as FX code
         (``code``) until the policy moves the lane on."""
         self.graph_module = graph_module
-        self.seconds_a_call = call_seconds(graph_module)
+        self.seconds_a_call = self.policy.seconds_a_call(graph_module)
         self.hot_at = self._hot_at()
         self.switch(code, "aten")
 
@@ -268,7 +278,7 @@ class Lane:
             self._stay(f"capturing its graph failed ({type(e).__name__}: {e})")
             return False
         self.wrt, self.graph_module, self.grad = wrt, graph_module, grad
-        self.seconds_a_call = call_seconds(graph_module)
+        self.seconds_a_call = self.policy.seconds_a_call(graph_module)
         self.hot_at = self._hot_at()
         clock.done(
             self.owner.add_compile_seconds,
