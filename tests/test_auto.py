@@ -252,6 +252,8 @@ def test_the_policy_counts_calls_for_cheap_graphs_and_seconds_for_slow_ones():
     assert policy.switch_after("aten-jit", 0.01) == 400 == policy.switch_after("aten", 0.01)
     assert policy.switch_after("aten-jit", 3.0) == 2
     assert policy.replace(switch_calls=None).switch_after("aten-jit", 3.0) is None
+    counts_only = policy.replace(hot_seconds=math.inf, switch_seconds=math.inf)
+    assert counts_only.hot_after(3.0) == 100 and counts_only.switch_after("aten", 3.0) == 5000
 
 
 def test_the_estimate_counts_ops_bytes_and_matrix_products():

@@ -83,7 +83,8 @@ class TierPolicy:
         10,000 calls take about as long as the worker's arrival); the seconds are the
         rule for a big graph, whose calls may take a second each and whose inductor code
         is often several times faster. The estimate comes from the graph alone, so the
-        switch call is still the same in every run.
+        switch call is still the same in every run. ``math.inf`` for both: the counts
+        only (a big graph's first compile, with an empty cache, is then never waited for).
     :ivar seconds_max_ops: the seconds apply to a graph of at most this many ops. With an
         empty cache inductor takes 30 to 45 ms an op (a 600-op graph 18 to 29 s on two
         CPUs): a deep Markov model's 31,000 ops would make the switch wait for many
@@ -124,7 +125,11 @@ class TierPolicy:
 
 
 def _calls_in(seconds: float, seconds_a_call: float) -> float:
-    return math.ceil(seconds / seconds_a_call) if seconds_a_call > 0 else math.inf
+    """Calls that take about ``seconds``; ``math.inf`` where there is no estimate (or
+    no limit: ``seconds=math.inf`` leaves the counts alone)."""
+    if seconds_a_call <= 0 or math.isinf(seconds):
+        return math.inf
+    return math.ceil(seconds / seconds_a_call)
 
 
 # The estimate of a call's time behind TierPolicy's seconds: a dispatch per op (what bounds
