@@ -117,9 +117,8 @@ class AutoBackend(Backend):
         self.name = name
 
     def replace(self, **changes: Any) -> AutoBackend:
-        """A copy with another ``policy``, ``first`` or ``name``, or other policy fields
-        (``warm_calls``, ``hot_calls``, ``switch_calls``, ``fx_switch_calls``,
-        ``local_hot_calls``)."""
+        """A copy with another ``policy``, ``first`` or ``name``, or other values for
+        fields of its :class:`TierPolicy` (``hot_calls=200``, ``switch_seconds=math.inf``)."""
         fields = {f.name for f in dataclasses.fields(TierPolicy)}
         policy = self.policy.replace(**{k: changes.pop(k) for k in fields & set(changes)})
         return AutoBackend(**{"policy": policy, "first": self.first, "name": self.name, **changes})
