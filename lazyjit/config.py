@@ -37,6 +37,15 @@ INDUCTOR_CONFIG: dict[str, Any] = {
     "cpp.enable_loop_tail_vec": False,
     "size_asserts": False,
 }
+# An inference graph with this many ops that inductor leaves to torch's kernels (matrix
+# products, random draws) or more compiles with inductor's C++ wrapper (one compiler run
+# for all its kernels, where the Python wrapper runs one per kernel, 1 to 2 s each on a
+# small CPU); below, the one bigger run costs more than the few small ones. Measured in
+# docs/backends.md ("A cold compile").
+CPP_WRAPPER_MIN_BREAKS = 4
+# Bigger graphs keep the Python wrapper: measured up to 600 ops, and one C++ file of
+# hundreds of kernels may take the compiler longer than the same kernels one by one.
+CPP_WRAPPER_MAX_OPS = 2000
 # Added for compiles beside the user's loop: inductor compiles C++ in a pool of worker
 # processes, one per CPU; one leaves the loop a CPU of its own on a small machine.
 BACKGROUND_INDUCTOR_CONFIG: dict[str, Any] = {"compile_threads": 1}

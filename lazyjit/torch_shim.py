@@ -224,6 +224,7 @@ _INDUCTOR_IMPORTS = {
     "torch._inductor.codegen.memory_planning": ("_align",),
     "torch._inductor.async_compile": ("AsyncCompile",),
     "torch._inductor.select_algorithm": ("extern_kernels",),
+    "torch._inductor.codecache": ("CppWrapperCodeCache",),
 }
 # Imported names that ``call`` must not use: their stand-ins only fail.
 _UNUSABLE = ("run_intermediate_hooks", "maybe_profile", "align")
@@ -233,8 +234,9 @@ def loadable_output_code(code: Any) -> dict[str, Any] | None:
     """What :func:`load_output_code` needs to load the module behind ``code`` (what
     :func:`plain_inference_code` returned, in the process that compiled it): its path,
     each kernel's extension module (in the order the module makes them) and the torch
-    functions it calls as ``extern_kernels``. ``None`` where the module uses more of
-    inductor than the stand-ins cover."""
+    functions it calls as ``extern_kernels``. A module compiled with ``cpp_wrapper`` has
+    one extension module, its C++ wrapper with the kernels inside. ``None`` where the
+    module uses more of inductor than the stand-ins cover."""
     from torch._inductor.select_algorithm import extern_kernels
 
     call = getattr(code, "current_callable", None)
@@ -250,10 +252,12 @@ def loadable_output_code(code: Any) -> dict[str, Any] | None:
     if any(re.search(rf"\b{name}\b", body) for name in _UNUSABLE):
         return None
     kernels = []
-    for name, method in re.findall(r"^(\w+) = async_compile\.(\w+)\(", source, re.M):
+    made = r"^(\w+) = (async_compile\.\w+|CppWrapperCodeCache\.load_pybinding)\("
+    loadable = ("async_compile.cpp_pybinding", "CppWrapperCodeCache.load_pybinding")
+    for name, method in re.findall(made, source, re.M):
         kernel = module_globals.get(name)
         module = getattr(kernel, "__self__", None)
-        if method != "cpp_pybinding" or not isinstance(module, types.ModuleType):
+        if method not in loadable or not isinstance(module, types.ModuleType):
             return None
         kernels.append((module.__name__, module.__file__, kernel.__name__))
     externs = sorted(set(re.findall(r"\bextern_kernels\.(\w+)", source)))
@@ -274,6 +278,11 @@ def load_output_code(loadable: dict[str, Any]) -> Callable[[list], Any]:
         def wait(self, scope: Any) -> None:
             pass
 
+    class CppWrapperCodeCache:
+        @staticmethod
+        def load_pybinding(*args: Any, **kwargs: Any) -> Any:
+            return next(kernels)
+
     def unusable(*args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("lazyjit loaded this inductor code without inductor")
 
@@ -282,6 +291,7 @@ def load_output_code(loadable: dict[str, Any]) -> Callable[[list], Any]:
         "maybe_profile": unusable,
         "_align": unusable,
         "AsyncCompile": AsyncCompile,
+        "CppWrapperCodeCache": CppWrapperCodeCache,
         "extern_kernels": types.SimpleNamespace(
             **{name: getattr(torch, name) for name in loadable["externs"]}
         ),
@@ -311,7 +321,7 @@ def load_output_code(loadable: dict[str, Any]) -> Callable[[list], Any]:
 
 
 def _load_kernel(module_name: str, path: str, function: str) -> Callable:
-    """A kernel inductor compiled as a Python extension module."""
+    """A kernel, or a C++ wrapper, that inductor compiled as a Python extension module."""
     # Its init reads where torch's tensor-to-data-pointer function lies from there.
     os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(
         torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr

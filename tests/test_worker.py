@@ -134,6 +134,80 @@ def test_worker_code_runs_here_without_inductor_and_matches_eager_and_local_indu
     assert result["same_code_same_numbers"]
 
 
+# A graph of many kernels (matrix products and a random draw between its pointwise ops):
+# the worker compiles it with inductor's C++ wrapper, and this process loads that code
+# without inductor; it draws and computes what inductor's Python wrapper does, bit for bit.
+CPP_WRAPPER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from lazyjit import torch_shim
+    from lazyjit.backends.worker import WORKER
+
+    def f(x, w):
+        for _ in range(4):
+            x = torch.tanh(x @ w)
+        return x * torch.rand_like(x), x.sum()
+
+    inputs = [torch.randn(3, 8), torch.randn(8, 8)]
+    graph_module = make_fx(f)(*inputs)
+    sources = []
+    load = torch_shim.load_output_code
+    torch_shim.load_output_code = lambda loadable: sources.append(
+        open(loadable["path"]).read()) or load(loadable)
+    from lazyjit.backends.inductor import inductor_settings
+    settings = inductor_settings(graph_module, inputs)
+    torch.manual_seed(1)
+    loaded = WORKER.compile(graph_module, inputs, settings)(*inputs)
+    no_inductor = "torch._inductor.compile_fx" not in sys.modules
+    from lazyjit.backends.inductor import inductor_compile
+    torch.manual_seed(1)
+    python_wrapper = inductor_compile(graph_module, inputs, False, {"cpp_wrapper": False})(*inputs)
+    torch.manual_seed(1)
+    eager = graph_module(*inputs)
+    print(json.dumps({
+        "settings": settings,
+        "cpp_wrapper_code": "CppWrapperCodeCache" in sources[0],
+        "no_inductor_import": no_inductor,
+        "same_numbers": all(torch.equal(a, b) for a, b in zip(loaded, python_wrapper)),
+        "close_to_eager": all(torch.allclose(a, b, atol=1e-6) for a, b in zip(loaded, eager)),
+    }))
+    """
+)
+
+
+def test_a_graph_of_many_kernels_compiles_with_the_cpp_wrapper_and_the_same_numbers():
+    done = subprocess.run(
+        [sys.executable, "-c", CPP_WRAPPER_SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {
+        "settings": {"cpp_wrapper": True},
+        "cpp_wrapper_code": True,
+        "no_inductor_import": True,
+        "same_numbers": True,
+        "close_to_eager": True,
+    }
+
+
+def test_a_graph_of_few_kernels_or_too_many_ops_keeps_the_python_wrapper(monkeypatch):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from lazyjit.backends.inductor import inductor_settings
+
+    inputs = [torch.randn(3, 8), torch.randn(8, 8)]
+    # Matrix products and random draws count alike: three, then four.
+    three = make_fx(lambda x, w: ((x @ w) @ w).exp() * torch.rand_like(x))(*inputs)
+    four = make_fx(lambda x, w: ((x @ w) @ w @ w).exp() * torch.rand_like(x))(*inputs)
+    assert inductor_settings(three, inputs) == {}
+    assert inductor_settings(four, inputs) == {"cpp_wrapper": True}
+    assert inductor_settings(four, [t.to("meta") for t in inputs]) == {}  # not on the CPU
+    monkeypatch.setattr(lazyjit.config, "CPP_WRAPPER_MAX_OPS", 5)
+    assert inductor_settings(four, inputs) == {}  # 6 ops
+
+
 def test_the_default_policy_compiles_in_the_worker_early_and_switches_late():
     policy = TierPolicy()
     assert policy.hot_calls < policy.local_hot_calls

@@ -15,11 +15,47 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
+from .. import config as lazyjit_config
 from .. import torch_shim
 from ..config import INDUCTOR_CONFIG
 from ..graph.capture import Runner, constants
 from .aten import AtenBackend, GraphProgram
 from .threads import TRACE_LOCK
+
+MATMULS = frozenset(
+    {
+        torch.ops.aten.mm.default,
+        torch.ops.aten.bmm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.baddbmm.default,
+    }
+)
+
+
+def inductor_settings(graph_module: GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """The inductor settings that ``graph_module``'s inference compile adds to
+    :data:`lazyjit.config.INDUCTOR_CONFIG`: ``cpp_wrapper`` on CPU where the graph holds
+    :data:`lazyjit.config.CPP_WRAPPER_MIN_BREAKS` or more ops that inductor leaves to
+    torch's kernels (matrix products; random draws, by ``fallback_random``) and at most
+    :data:`lazyjit.config.CPP_WRAPPER_MAX_OPS` ops. Each such op ends one of inductor's
+    kernels, and the Python wrapper compiles and links every kernel on its own; the C++
+    wrapper compiles them all in one run. The kernels are the same, and so are the
+    numbers."""
+    ops = sum(node.op == "call_function" for node in graph_module.graph.nodes)
+    if ops > lazyjit_config.CPP_WRAPPER_MAX_OPS:
+        return {}
+    breaks = sum(
+        node.op == "call_function"
+        and (
+            node.target in MATMULS
+            or torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
+        )
+        for node in graph_module.graph.nodes
+    )
+    on_cpu = all(t.device.type == "cpu" for t in inputs)
+    return (
+        {"cpp_wrapper": True} if on_cpu and breaks >= lazyjit_config.CPP_WRAPPER_MIN_BREAKS else {}
+    )
 
 
 def inductor_compile(
@@ -33,11 +69,13 @@ def inductor_compile(
 
     ``compile_fx`` may rewrite the graph it is given (its pre-grad passes); it gets a copy,
     so that ``graph_module`` stays the captured graph (for the FX fallback and inspection).
-    ``config`` adds inductor settings to :data:`lazyjit.config.INDUCTOR_CONFIG`.
+    ``config`` adds inductor settings to :data:`lazyjit.config.INDUCTOR_CONFIG` (and,
+    without ``grad``, to :func:`inductor_settings`).
     """
+    settings = {**INDUCTOR_CONFIG, **({} if grad else inductor_settings(graph_module, inputs))}
     with torch.set_grad_enabled(grad):
         compiled = torch_shim.compile_fx(
-            copy.deepcopy(graph_module), inputs, {**INDUCTOR_CONFIG, **(config or {})}
+            copy.deepcopy(graph_module), inputs, {**settings, **(config or {})}
         )
     return (not grad and _direct_runner(compiled, graph_module, len(inputs))) or compiled
 

@@ -42,7 +42,7 @@ from ..graph.recorder import SHAPE_DTYPE
 from ..log import Stopwatch, logger
 from .aten_jit import script_graph
 from .base import needs_autograd
-from .inductor import inductor_compile
+from .inductor import MATMULS, inductor_compile, inductor_settings
 from .threads import COMPILER, PYRO_LOCK, TRACE_LOCK, done_future, prepare_inductor_for_threads
 from .worker import WORKER, WorkerLost
 
@@ -140,14 +140,6 @@ def _calls_in(seconds: float, seconds_a_call: float) -> float:
 OP_SECONDS = 1.5e-6
 BYTE_SECONDS = 0.4e-9
 FLOP_SECONDS = 0.01e-9
-_MATMULS = frozenset(
-    {
-        torch.ops.aten.mm.default,
-        torch.ops.aten.bmm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.baddbmm.default,
-    }
-)
 
 
 def call_seconds(graph_module: GraphModule) -> float:
@@ -162,7 +154,7 @@ def call_seconds(graph_module: GraphModule) -> float:
         if shape_dtype is not None:
             shape, dtype = shape_dtype
             seconds += math.prod(shape) * dtype.itemsize * BYTE_SECONDS
-        if node.target in _MATMULS:
+        if node.target in MATMULS:
             seconds += _matmul_flops(node.args[-2:]) * FLOP_SECONDS
     return seconds
 
@@ -448,7 +440,11 @@ def hot_runner(
     clock = Stopwatch()
     if not grad and WORKER.usable():
         try:
-            compiled = WORKER.compile(graph_module, inputs, config.BACKGROUND_INDUCTOR_CONFIG)
+            settings = {
+                **config.BACKGROUND_INDUCTOR_CONFIG,
+                **inductor_settings(graph_module, inputs),
+            }
+            compiled = WORKER.compile(graph_module, inputs, settings)
         except WorkerLost as e:
             if WORKER.closed:
                 raise  # the process exits: no compile is of use now
