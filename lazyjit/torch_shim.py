@@ -226,8 +226,29 @@ _INDUCTOR_IMPORTS = {
     "torch._inductor.select_algorithm": ("extern_kernels",),
     "torch._inductor.codecache": ("CppWrapperCodeCache",),
 }
-# Imported names that ``call`` must not use: their stand-ins only fail.
-_UNUSABLE = ("run_intermediate_hooks", "maybe_profile", "align")
+# Names that ``call`` must not use: their stand-ins only fail; ``custom_op_wrapper`` is the
+# C++ wrapper's way back to Python for an op without a C shim, through inductor.
+_UNUSABLE = ("run_intermediate_hooks", "maybe_profile", "align", "custom_op_wrapper")
+
+
+def cpp_wrapper_calls_python(graph_module: Any) -> bool:
+    """Whether inductor's C++ wrapper would call one of ``graph_module``'s aten ops back
+    through Python (importing inductor where the code runs): an op that inductor neither
+    lowers nor decomposes, and that has no C shim. Mutating ops are skipped: aot_autograd
+    turns them into their functional forms first."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._inductor.lowering import fallbacks, lowerings
+    from torchgen.aoti.fallback_ops import inductor_fallback_ops
+
+    decompositions = select_decomp_table()
+    for node in graph_module.graph.nodes:
+        op = node.target
+        if node.op != "call_function" or not isinstance(op, OpOverload) or op._schema.is_mutable:
+            continue
+        generated = op in lowerings and op not in fallbacks
+        if not generated and op not in decompositions and str(op) not in inductor_fallback_ops:
+            return True
+    return False
 
 
 def loadable_output_code(code: Any) -> dict[str, Any] | None:

@@ -18,10 +18,11 @@ from torch.fx import GraphModule
 from .. import config as lazyjit_config
 from .. import torch_shim
 from ..config import INDUCTOR_CONFIG
-from ..graph.capture import Runner, constants
+from ..graph.capture import Runner, constants, op_count
 from .aten import AtenBackend, GraphProgram
 from .threads import TRACE_LOCK
 
+# Matrix products: inductor calls torch's kernels for them, between its own.
 MATMULS = frozenset(
     {
         torch.ops.aten.mm.default,
@@ -40,9 +41,10 @@ def inductor_settings(graph_module: GraphModule, inputs: Sequence[torch.Tensor])
     :data:`lazyjit.config.CPP_WRAPPER_MAX_OPS` ops. Each such op ends one of inductor's
     kernels, and the Python wrapper compiles and links every kernel on its own; the C++
     wrapper compiles them all in one run. The kernels are the same, and so are the
-    numbers."""
-    ops = sum(node.op == "call_function" for node in graph_module.graph.nodes)
-    if ops > lazyjit_config.CPP_WRAPPER_MAX_OPS:
+    numbers. Not where the C++ wrapper would call an op through Python (one without a C
+    shim, such as a gamma draw): that call needs inductor where the code runs. Called
+    where the graph compiles (it reads inductor's tables)."""
+    if op_count(graph_module) > lazyjit_config.CPP_WRAPPER_MAX_OPS:
         return {}
     breaks = sum(
         node.op == "call_function"
@@ -52,10 +54,10 @@ def inductor_settings(graph_module: GraphModule, inputs: Sequence[torch.Tensor])
         )
         for node in graph_module.graph.nodes
     )
-    on_cpu = all(t.device.type == "cpu" for t in inputs)
-    return (
-        {"cpp_wrapper": True} if on_cpu and breaks >= lazyjit_config.CPP_WRAPPER_MIN_BREAKS else {}
-    )
+    on_cpu = all(t.device.type == "cpu" for t in (*constants(graph_module), *inputs))
+    if not on_cpu or breaks < lazyjit_config.CPP_WRAPPER_MIN_BREAKS:
+        return {}
+    return {} if torch_shim.cpp_wrapper_calls_python(graph_module) else {"cpp_wrapper": True}
 
 
 def inductor_compile(

@@ -35,6 +35,7 @@ from ..graph.capture import (
     capture,
     capture_value_and_grad,
     fresh_inputs,
+    op_count,
     run_value_and_grad,
 )
 from ..graph.pycode import fx_code
@@ -42,7 +43,7 @@ from ..graph.recorder import SHAPE_DTYPE
 from ..log import Stopwatch, logger
 from .aten_jit import script_graph
 from .base import needs_autograd
-from .inductor import MATMULS, inductor_compile, inductor_settings
+from .inductor import MATMULS, inductor_compile
 from .threads import COMPILER, PYRO_LOCK, TRACE_LOCK, done_future, prepare_inductor_for_threads
 from .worker import WORKER, WorkerLost
 
@@ -106,8 +107,9 @@ class TierPolicy:
 
     def seconds_a_call(self, graph_module: GraphModule) -> float:
         """:func:`call_seconds` of a graph that the seconds apply to; else 0 (counts only)."""
-        ops = sum(node.op == "call_function" for node in graph_module.graph.nodes)
-        return call_seconds(graph_module) if ops <= self.seconds_max_ops else 0.0
+        if op_count(graph_module) > self.seconds_max_ops:
+            return 0.0
+        return call_seconds(graph_module)
 
     def hot_after(self, seconds_a_call: float) -> float:
         """Calls to hot for a lane whose calls take ``seconds_a_call`` (an estimate)."""
@@ -440,11 +442,7 @@ def hot_runner(
     clock = Stopwatch()
     if not grad and WORKER.usable():
         try:
-            settings = {
-                **config.BACKGROUND_INDUCTOR_CONFIG,
-                **inductor_settings(graph_module, inputs),
-            }
-            compiled = WORKER.compile(graph_module, inputs, settings)
+            compiled = WORKER.compile(graph_module, inputs, config.BACKGROUND_INDUCTOR_CONFIG)
         except WorkerLost as e:
             if WORKER.closed:
                 raise  # the process exits: no compile is of use now

@@ -37,6 +37,7 @@ from .. import config, torch_shim
 from ..graph.capture import Runner, constants
 from ..log import logger
 from ..torch_shim import OpOverload
+from .inductor import inductor_settings
 
 
 class WorkerLost(Exception):
@@ -216,14 +217,16 @@ def unpack(nodes: list[tuple], parameters: dict, buffers: dict) -> GraphModule:
 def compile_loadable(
     graph_module: GraphModule, metas: Sequence[tuple], settings: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """In the worker: compiles ``graph_module`` for inputs described by ``metas``; what
-    the user's process needs to load the code, or ``None``."""
+    """In the worker: compiles ``graph_module`` for inputs described by ``metas``, with
+    ``settings`` over :func:`lazyjit.backends.inductor.inductor_settings`; what the
+    user's process needs to load the code, or ``None``."""
     inputs = [
         torch.empty_strided(shape, stride, dtype=dtype, device=device)
         for shape, stride, dtype, device in metas
     ]
     num_inputs = len(constants(graph_module)) + len(inputs)
     num_outputs = len(graph_module.graph.output_node().args[0])
+    settings = {**inductor_settings(graph_module, inputs), **settings}
     with torch.no_grad():
         compiled = torch_shim.compile_fx(graph_module, inputs, settings)
     code = torch_shim.plain_inference_code(compiled, num_inputs, num_outputs)

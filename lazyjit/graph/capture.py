@@ -98,6 +98,11 @@ def fresh_inputs(flat: Flat, inputs: Sequence[torch.Tensor]) -> list[torch.Tenso
     return [*inputs[:num_params], *copies(inputs[num_params:])]
 
 
+def op_count(graph_module: GraphModule) -> int:
+    """The ops (``call_function`` nodes) of a captured graph."""
+    return sum(node.op == "call_function" for node in graph_module.graph.nodes)
+
+
 def constants(graph_module: GraphModule) -> list[torch.Tensor]:
     """The tensors a captured graph holds (GraphModule registers them as buffers), in the
     order aot_autograd passes them."""
