@@ -23,6 +23,7 @@ from .artifact import META_FILE, Artifact, ArtifactInfo, load
 from .compiler import function_name
 from .entry import tensor_outputs
 from .errors import LAZYJIT_DIR, LazyJitError, StructureError, error_site
+from .graph.capture import draws
 from .jit import CompiledFunction
 from .params import find_params, pure_function
 from .signature import signature
@@ -234,7 +235,7 @@ def _dynamic_dims(
 def _draws(exported: torch.export.ExportedProgram) -> bool:
     """Whether the program has a random op (code run with grad off is a submodule)."""
     return any(
-        torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
+        draws(node)
         for module in exported.graph_module.modules()
         if isinstance(module, torch.fx.GraphModule)
         for node in module.graph.nodes

@@ -15,7 +15,7 @@ import torch
 from torch.fx import GraphModule, Interpreter
 
 from .. import torch_shim
-from ..graph.capture import Runner
+from ..graph.capture import Runner, draws
 from ..tensors import keep_random_stream
 from .aten import AtenBackend, GraphProgram
 from .threads import WARNINGS_LOCK
@@ -96,7 +96,7 @@ class _ForTracer(Interpreter):
 
     def run_node(self, node: torch.fx.Node) -> Any:
         result = super().run_node(node)
-        if not node.users and torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ()):
+        if not node.users and draws(node):
             self._unused_draws.append(result)
         return result
 

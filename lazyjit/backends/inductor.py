@@ -18,7 +18,7 @@ from torch.fx import GraphModule
 from .. import config as lazyjit_config
 from .. import torch_shim
 from ..config import INDUCTOR_CONFIG
-from ..graph.capture import Runner, constants, op_count
+from ..graph.capture import Runner, constants, draws, op_count
 from .aten import AtenBackend, GraphProgram
 from .threads import TRACE_LOCK
 
@@ -46,14 +46,7 @@ def inductor_settings(graph_module: GraphModule, inputs: Sequence[torch.Tensor])
     where the graph compiles (it reads inductor's tables)."""
     if op_count(graph_module) > lazyjit_config.CPP_WRAPPER_MAX_OPS:
         return {}
-    breaks = sum(
-        node.op == "call_function"
-        and (
-            node.target in MATMULS
-            or torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
-        )
-        for node in graph_module.graph.nodes
-    )
+    breaks = sum(node.target in MATMULS or draws(node) for node in graph_module.graph.nodes)
     on_cpu = all(t.device.type == "cpu" for t in (*constants(graph_module), *inputs))
     if not on_cpu or breaks < lazyjit_config.CPP_WRAPPER_MIN_BREAKS:
         return {}

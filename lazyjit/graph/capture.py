@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from pyro import validation_enabled
-from torch.fx import Graph, GraphModule
+from torch.fx import Graph, GraphModule, Node
 from torch.overrides import TorchFunctionMode
 
 from .. import torch_shim
@@ -96,6 +96,11 @@ def fresh_inputs(flat: Flat, inputs: Sequence[torch.Tensor]) -> list[torch.Tenso
     call's results, whose autograd graph is gone."""
     num_params = getattr(flat, "num_params", len(inputs))
     return [*inputs[:num_params], *copies(inputs[num_params:])]
+
+
+def draws(node: Node) -> bool:
+    """Whether ``node`` calls a random op (one that draws from the generator)."""
+    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
 
 
 def op_count(graph_module: GraphModule) -> int:
