@@ -3,7 +3,9 @@ the generated code without importing inductor (``lazyjit.backends.worker``)."""
 
 import io
 import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -230,6 +232,7 @@ class _FakeProcess:
     ],
 )
 def test_what_this_process_does_with_the_workers_reply(monkeypatch, reply, expected):
+    monkeypatch.setattr(lazyjit.backends.worker, "recall", lambda path: None)  # ask it
     worker = CompileWorker()
     monkeypatch.setattr(worker, "start", lambda: None)
     worker._process = _FakeProcess(reply)
@@ -261,3 +264,80 @@ def test_starting_a_running_worker_does_not_wait_for_its_compile():
         starting.start()
         starting.join(timeout=5)
         assert not starting.is_alive()
+
+
+# The worker's code is remembered: a later process loads it when its lane is hot, without
+# asking the worker (or importing inductor), and gets the same numbers.
+REMEMBERED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from lazyjit.backends import worker
+
+    asked = []
+    ask = worker.CompileWorker._ask
+    worker.CompileWorker._ask = lambda self, job: asked.append(1) or ask(self, job)
+    scale = torch.tensor([0.5, 2.0, -1.0])  # a constant: held by the graph, pickled by value
+    graph_module = make_fx(lambda x: (torch.tanh(x * scale).sum(0), x.exp() + scale))(
+        torch.ones(4, 3)
+    )
+    x = torch.linspace(-2, 2, 12).reshape(4, 3)
+    code = worker.WORKER.compile(graph_module, [x], {})
+    print(json.dumps({
+        "asked": len(asked),
+        "inductor_imported": "torch._inductor.compile_fx" in sys.modules,
+        "out": [t.tolist() for t in code(x)],
+    }))
+    """
+)
+
+
+def test_a_later_process_loads_the_workers_code_without_asking(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+
+    def run():
+        done = subprocess.run(
+            [sys.executable, "-c", REMEMBERED_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    first, second = run(), run()
+    assert first["asked"] == 1 and second["asked"] == 0
+    assert not first["inductor_imported"] and not second["inductor_imported"]
+    assert first["out"] == second["out"]
+    # Once inductor's cache is emptied, what was remembered is forgotten, not loaded.
+    (entry,) = (tmp_path / "lazyjit").iterdir()
+    for item in tmp_path.iterdir():
+        if item.name != "lazyjit":
+            shutil.rmtree(item)
+    assert lazyjit.backends.worker.recall(str(entry)) is None and not entry.exists()
+
+
+def test_code_is_remembered_under_the_graph_its_constants_values_and_the_inputs(monkeypatch):
+    from lazyjit.backends.worker import remembered_path
+
+    graph_module = captured_graph()
+    (nodes, parameters, buffers), metas, settings = job = (
+        pack(graph_module),
+        [((2,), (1,), torch.float32, torch.device("cpu"))],
+        {},
+    )
+    copied = {name: t.clone() for name, t in buffers.items()}  # other storages, same values
+    assert remembered_path(((nodes, parameters, copied), metas, settings)) == remembered_path(job)
+    name = next(iter(buffers))
+    changed = {**copied, name: copied[name] + 1}
+    assert remembered_path(((nodes, parameters, changed), metas, settings)) != remembered_path(job)
+    other_inputs = [((3,), (1,), torch.float32, torch.device("cpu"))]
+    assert remembered_path(((nodes, parameters, buffers), other_inputs, settings)) != (
+        remembered_path(job)
+    )
+    assert remembered_path((job[0], metas, {"cpp_wrapper": True})) != remembered_path(job)
+    before = remembered_path(job)
+    monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")  # inductor's settings, by environment
+    assert remembered_path(job) != before

@@ -78,14 +78,15 @@ class TierPolicy:
         process's loop down while it runs (a training compile stops it).
     :ivar hot_seconds: a lane whose calls are slow is hot sooner than ``hot_calls``: once
         its calls took about this long, by :func:`call_seconds`'s estimate.
-    :ivar switch_seconds: likewise, a lane whose calls are slow switches sooner than
-        ``switch_calls`` (or ``fx_switch_calls``): after about this long from hot. The
-        counts are the rule for cheap calls, whose compile is small (a seed model's
-        10,000 calls take about as long as the worker's arrival); the seconds are the
-        rule for a big graph, whose calls may take a second each and whose inductor code
-        is often several times faster. The estimate comes from the graph alone, so the
-        switch call is still the same in every run. ``math.inf`` for both: the counts
-        only (a big graph's first compile, with an empty cache, is then never waited for).
+    :ivar switch_seconds: the lane switches after about this long from hot (by
+        :func:`call_seconds`'s estimate) where that comes before ``switch_calls`` (or
+        ``fx_switch_calls``): the seed model's calls after a few thousand, a big graph's
+        slow ones after a few. Inductor's code for a graph compiled before, in this run or
+        an earlier one, is loaded when the lane is hot (``lazyjit.backends.worker``), so a
+        later switch would only run slower calls for longer; an earlier one would make a
+        short run on an empty inductor cache wait for a first compile (seconds) that it
+        never pays back. The estimate comes from the graph alone, so the switch call is
+        still the same in every run. ``math.inf`` for both: the counts only.
     :ivar seconds_max_ops: the seconds apply to a graph of at most this many ops. With an
         empty cache inductor takes 30 to 45 ms an op (a 600-op graph 18 to 29 s on two
         CPUs): a deep Markov model's 31,000 ops would make the switch wait for many
@@ -98,7 +99,7 @@ class TierPolicy:
     local_hot_calls: float = 2000
     fx_switch_calls: float = 5000
     hot_seconds: float = 0.25
-    switch_seconds: float = 4.0
+    switch_seconds: float = 1.0
     seconds_max_ops: float = 2000
 
     def replace(self, **changes: float | None) -> TierPolicy:
@@ -449,7 +450,9 @@ def hot_runner(
             logger.info("lazyjit: a graph compiles in this process: %s", e)
         else:
             if compiled is not None:
-                clock.done(add_seconds, "lazyjit: inductor compiled a graph in a worker in %.3f s")
+                clock.done(
+                    add_seconds, "lazyjit: a graph's inductor code came from the worker in %.3f s"
+                )
                 return compiled
             logger.info("lazyjit: a graph compiles in this process: its code needs inductor")
     prepare_inductor_for_threads()

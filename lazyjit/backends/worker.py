@@ -19,21 +19,23 @@ is killed when the user's process exits (a compile in flight is of no use then).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import hashlib
 import os
 import pickle
 import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import torch
 from torch.fx import GraphModule
 from torch.fx.node import map_aggregate, map_arg
 
-from .. import config, torch_shim
+from .. import __version__, config, torch_shim
 from ..graph.capture import Runner, constants
 from ..log import logger
 from ..torch_shim import OpOverload
@@ -109,14 +111,33 @@ class CompileWorker:
     ) -> Runner | None:
         """``graph_module``'s inference code compiled by inductor in the worker for
         inputs like ``inputs``, with :data:`lazyjit.config.INDUCTOR_CONFIG` and
-        ``settings``; ``None`` where it cannot be handed over. Raises what inductor
-        raised, or :class:`WorkerLost`."""
-        self.start()
-        metas = [(tuple(t.shape), t.stride(), t.dtype, t.device) for t in inputs]
+        ``settings``; ``None`` where it cannot be handed over. Code that a worker compiled
+        for the same job before, in this process or an earlier one, is loaded from where
+        it lies (:func:`recall`) and the worker is not asked. Raises what inductor raised,
+        or :class:`WorkerLost`."""
+        job = (
+            pack(graph_module),
+            [_meta(t) for t in inputs],
+            {**config.INDUCTOR_CONFIG, **settings},
+        )
         try:
-            job = pickle.dumps((pack(graph_module), metas, {**config.INDUCTOR_CONFIG, **settings}))
+            path = remembered_path(job)
+            job = pickle.dumps(job)
         except Exception as e:  # noqa: BLE001 - whatever the graph holds that does not pickle
             raise WorkerLost(f"the graph does not pickle ({type(e).__name__}: {e})") from e
+        call = recall(path)
+        if call is None:
+            loadable = self._ask(job)
+            call = None if loadable is None else _load(loadable)
+            if call is None:
+                return None
+            remember(path, loadable)
+        held = constants(graph_module)
+        return lambda *inputs: call([*held, *inputs])
+
+    def _ask(self, job: bytes) -> dict[str, Any] | None:
+        """The worker's answer to ``job``: what loads its code, or ``None``."""
+        self.start()
         with self._lock:
             process = self._process
             if process is None:
@@ -132,17 +153,78 @@ class CompileWorker:
                 raise WorkerLost(self.lost) from e
         if kind == "failed":
             raise RuntimeError(value)
-        if value is None:
-            return None
-        try:
-            call = torch_shim.load_output_code(value)
-        except Exception as e:  # noqa: BLE001 - this process compiles it instead
-            logger.info(
-                "lazyjit: the worker's code did not load here (%s: %s)", type(e).__name__, e
-            )
-            return None
-        held = constants(graph_module)
-        return lambda *inputs: call([*held, *inputs])
+        return value
+
+
+def _load(loadable: dict[str, Any]) -> Callable[[list], Any] | None:
+    """The code that ``loadable`` describes, loaded here; ``None`` (logged) where it does
+    not load without inductor: this process compiles that graph itself."""
+    try:
+        return torch_shim.load_output_code(loadable)
+    except Exception as e:  # noqa: BLE001 - this process compiles it instead
+        logger.info("lazyjit: the worker's code did not load here (%s: %s)", type(e).__name__, e)
+        return None
+
+
+# --- The worker's code, remembered across processes ---------------------------------------
+# Inductor's own cache would give the same code back, but only to a process that imported
+# inductor: the worker, which takes seconds to start. An index from each job to what the
+# worker answered lets the next run load the code when its lane is hot, without asking.
+
+
+def remembered_path(job: tuple) -> str:
+    """Where the worker's answer to ``job`` (packed graph, input metadata, settings) is
+    remembered: in inductor's cache directory, so that emptying that cache forgets it too,
+    under a hash of the job and of what else the code depends on (torch, Python, lazyjit,
+    inductor's settings from the environment)."""
+    (nodes, parameters, buffers), metas, settings = job
+    held = {**parameters, **buffers}
+    environment = sorted((k, v) for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_"))
+    digest = hashlib.sha256()
+    # A pickled tensor names its storage by address: constants go in by value instead.
+    described = (nodes, [(name, _meta(t)) for name, t in held.items()], metas, settings)
+    digest.update(pickle.dumps((torch.__version__, sys.version, __version__, environment)))
+    digest.update(pickle.dumps(described))
+    for t in held.values():
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return os.path.join(torch_shim.inductor_cache_dir(), "lazyjit", digest.hexdigest() + ".pkl")
+
+
+def _meta(t: torch.Tensor) -> tuple:
+    """What inductor's code is compiled for of a tensor."""
+    return tuple(t.shape), t.stride(), t.dtype, t.device
+
+
+def recall(path: str) -> Callable[[list], Any] | None:
+    """The code remembered at ``path``, loaded; ``None`` where there is none, or where it
+    does not load (its files were removed from inductor's cache): then it is forgotten."""
+    try:
+        with open(path, "rb") as f:
+            loadable = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: compile again
+        logger.info("lazyjit: %s is unreadable (%s: %s)", path, type(e).__name__, e)
+        loadable = None
+    call = None if loadable is None else _load(loadable)
+    if call is None:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        return None
+    logger.info("lazyjit: loaded a graph's inductor code that a worker compiled before")
+    return call
+
+
+def remember(path: str, loadable: dict[str, Any]) -> None:
+    """Writes ``loadable`` at ``path`` whole or not at all (processes may share it)."""
+    partial = f"{path}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(partial, "wb") as f:
+            pickle.dump(loadable, f)
+        os.replace(partial, path)
+    except OSError as e:  # a read-only cache: the next run asks the worker again
+        logger.info("lazyjit: could not remember a graph's code at %s (%s)", path, e)
 
 
 WORKER = CompileWorker()
