@@ -10,10 +10,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import getpass
+import hashlib
 import importlib.util
 import inspect
 import linecache
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -161,18 +163,21 @@ def compile_fx(
 
 def inductor_cache_dir() -> str:
     """Inductor's on-disk cache directory, found without importing inductor (whose
-    package import costs about 1.3 s): its rule in ``torch/_inductor/runtime/
-    cache_dir_utils.py``, ``$TORCHINDUCTOR_CACHE_DIR`` or ``torchinductor_<user>`` in the
-    temporary directory."""
-    directory = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if directory is None:
-        try:
-            user = getpass.getuser()
-        except (KeyError, ModuleNotFoundError, OSError):
-            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
-        user = re.sub(r'[\\/:*?"<>|]', "_", user)
-        directory = os.path.join(tempfile.gettempdir(), "torchinductor_" + user)
-    return os.path.abspath(directory)
+    package import costs about 1.3 s): ``$TORCHINDUCTOR_CACHE_DIR``, else
+    :func:`inductor_machine_dir` (inductor's rule, ``torch/_inductor/runtime/
+    cache_dir_utils.py``)."""
+    return os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or inductor_machine_dir())
+
+
+def inductor_machine_dir() -> str:
+    """``torchinductor_<user>`` in the temporary directory: inductor's default cache, and
+    where it keeps its precompiled headers whatever ``$TORCHINDUCTOR_CACHE_DIR`` says."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    user = re.sub(r'[\\/:*?"<>|]', "_", user)
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + user)
 
 
 def import_inductor() -> None:
@@ -188,10 +193,44 @@ def warm_inductor() -> None:
     import, the probe of the CPU's vector instructions and the hash of torch's sources."""
     import_inductor()
     from torch._inductor.codecache import torch_key
-    from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-    pick_vec_isa()
+    probe_vec_isa()
     torch_key()
+
+
+def probe_vec_isa() -> None:
+    """Inductor's probe of the CPU's vector instructions (a compile and a load of a test
+    program for each that the CPU has: 3 to 4 s, or 0.4 s with the compiled program in
+    inductor's cache), once per machine. A probe that found every instruction set the
+    CPU has usable is recorded in :func:`inductor_machine_dir`, as inductor keeps its
+    precompiled headers, under the compiler, its flags, torch and the CPU's sets; with
+    that record, inductor is told the sets are usable (``cpp.vec_isa_ok``) and skips its
+    probe, even with an empty ``$TORCHINDUCTOR_CACHE_DIR``."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        cpu_vec_isa.pick_vec_isa()
+        return
+    flags = cpu_vec_isa.x86_isa_checker()
+    sets = [
+        isa
+        for isa in cpu_vec_isa.supported_vec_isa_list
+        if all(flag in flags for flag in str(isa).split())
+    ]
+    fingerprints = [
+        cpu_vec_isa._get_isa_dry_compile_fingerprint(i.build_arch_flags()) for i in sets
+    ]
+    digest = hashlib.sha256(repr((flags, fingerprints)).encode()).hexdigest()
+    record = os.path.join(inductor_machine_dir(), "lazyjit", f"vec-isa-{digest}")
+    if sets and os.path.exists(record):
+        inductor_config.cpp.vec_isa_ok = True
+        return
+    if sets and len(cpu_vec_isa.valid_vec_isa_list()) == len(sets):
+        with contextlib.suppress(OSError):  # a read-only directory: probe again next time
+            os.makedirs(os.path.dirname(record), exist_ok=True)
+            open(record, "w").close()
+    cpu_vec_isa.pick_vec_isa()
 
 
 def plain_inference_code(compiled: Callable, num_inputs: int, num_outputs: int) -> Any:

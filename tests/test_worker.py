@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import platform
 import shutil
 import subprocess
 import sys
@@ -341,3 +342,26 @@ def test_code_is_remembered_under_the_graph_its_constants_values_and_the_inputs(
     before = remembered_path(job)
     monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")  # inductor's settings, by environment
     assert remembered_path(job) != before
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86's probe")
+def test_the_vector_probe_is_recorded_per_machine_and_not_run_again(monkeypatch, tmp_path):
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    from lazyjit import torch_shim
+
+    monkeypatch.setattr(torch_shim, "inductor_machine_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
+    torch_shim.probe_vec_isa()
+    flags = cpu_vec_isa.x86_isa_checker()
+    every_set = [i for i in cpu_vec_isa.supported_vec_isa_list if str(i) in flags]
+    if len(cpu_vec_isa.valid_vec_isa_list()) < len(every_set) or not every_set:
+        assert not (tmp_path / "lazyjit").exists()  # a set the compiler cannot build: probe
+        return
+    assert len(list((tmp_path / "lazyjit").iterdir())) == 1
+    assert inductor_config.cpp.vec_isa_ok is None  # this process probed
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", lambda *a: pytest.fail("probed"))
+    torch_shim.probe_vec_isa()  # a later worker
+    assert inductor_config.cpp.vec_isa_ok is True
+    assert cpu_vec_isa.pick_vec_isa() == cpu_vec_isa.valid_vec_isa_list()[0]
