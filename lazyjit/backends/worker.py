@@ -7,7 +7,9 @@ for loading inductor itself (its import, a probe compile of the CPU's vector
 instructions, a hash of torch's sources) before its graph. The worker pays both on a CPU
 of its own. It compiles with the user's process's settings, so it fills inductor's
 on-disk cache for it too, and sends back where the generated code lies; the user's
-process loads that code without importing inductor (``torch_shim.load_output_code``).
+process loads that code without importing inductor (``torch_shim.load_output_code``), and
+records where it lies, so that a later run loads it when its lane is hot without asking
+(:func:`remembered_path`).
 What cannot be handed over so (a training compile, code that uses more of inductor) the
 user's process compiles itself, as it would without a worker.
 

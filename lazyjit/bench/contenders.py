@@ -40,9 +40,9 @@ def auto_rule() -> str:
         inductor = f"inductor's code once compiled, after call {policy.hot_calls:g}"
     else:
         inductor = (
-            f"inductor's code from call {policy.hot_calls + policy.switch_calls:g}, "
-            f"{policy.hot_calls + policy.switch_after('aten'):g} as FX code (sooner where "
-            f"a call is slow: about {policy.switch_seconds:g} s of calls after hot)"
+            f"inductor's code about {policy.switch_seconds:g} s of calls after call "
+            f"{policy.hot_calls:g} by an estimate from the graph, at most "
+            f"{policy.switch_calls:g} calls later ({policy.switch_after('aten'):g} as FX code)"
         )
     return f"a captured graph after {policy.warm_calls:g} calls, {inductor}"
 
