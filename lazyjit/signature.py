@@ -318,7 +318,10 @@ class LRUCache:
         for ident in idents:
             obj = ident.ref()
             try:
-                self._watch.append(weakref.ref(obj, lambda _, k=key: _drop(self_ref, k)))
+                # _drop bound now: an object freed while the interpreter shuts down calls
+                # back after the module's globals are gone.
+                callback = lambda _, k=key, drop=_drop: drop(self_ref, k)  # noqa: E731
+                self._watch.append(weakref.ref(obj, callback))
             except TypeError:
                 pass
         self._watch = [w for w in self._watch if w() is not None]

@@ -466,6 +466,31 @@ def test_lru_keeps_recently_used():
     assert f.stats.compilations == 3 and f.stats.evictions == 1 and f.stats.hits == 2
 
 
+def test_an_entry_keyed_by_an_object_freed_at_shutdown_drops_quietly(monkeypatch):
+    """A keyed object freed while the interpreter shuts down drops its entry through a
+    weak-reference callback that runs after the module's globals are gone (seen as
+    "Exception ignored in LRUCache.put" at the exit of a run whose compile was loading)."""
+    import lazyjit.signature
+
+    class Model:
+        def __call__(self, x):
+            return x + 1
+
+    f = lazyjit.trace(lambda x, model: model(x), backend="eager")
+    model = Model()
+    f(torch.ones(1), model)
+    assert len(f.compiled) == 1
+    monkeypatch.setattr(lazyjit.signature, "_drop", None)  # as at shutdown
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unraisable = []
+        monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+        del model
+        gc.collect()
+    assert not unraisable and not caught
+    assert len(f.compiled) == 0
+
+
 # Improvement 5: no leak.
 @pytest.mark.parametrize("impl", pyro_fails())
 def test_dropping_model_and_data_frees_them(impl):
