@@ -352,16 +352,18 @@ def test_the_vector_probe_is_recorded_per_machine_and_not_run_again(monkeypatch,
     from lazyjit import torch_shim
 
     monkeypatch.setattr(torch_shim, "inductor_machine_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", None)
-    torch_shim.probe_vec_isa()
-    flags = cpu_vec_isa.x86_isa_checker()
-    every_set = [i for i in cpu_vec_isa.supported_vec_isa_list if str(i) in flags]
-    if len(cpu_vec_isa.valid_vec_isa_list()) < len(every_set) or not every_set:
-        assert not (tmp_path / "lazyjit").exists()  # a set the compiler cannot build: probe
-        return
-    assert len(list((tmp_path / "lazyjit").iterdir())) == 1
-    assert inductor_config.cpp.vec_isa_ok is None  # this process probed
-    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", lambda *a: pytest.fail("probed"))
-    torch_shim.probe_vec_isa()  # a later worker
-    assert inductor_config.cpp.vec_isa_ok is True
-    assert cpu_vec_isa.pick_vec_isa() == cpu_vec_isa.valid_vec_isa_list()[0]
+    # inductor's own patch: monkeypatch's undo deletes a config entry instead of restoring it
+    with inductor_config.patch({"cpp.vec_isa_ok": None}):
+        torch_shim.probe_vec_isa()
+        flags = cpu_vec_isa.x86_isa_checker()
+        every_set = [i for i in cpu_vec_isa.supported_vec_isa_list if str(i) in flags]
+        if len(cpu_vec_isa.valid_vec_isa_list()) < len(every_set) or not every_set:
+            assert not (tmp_path / "lazyjit").exists()  # a set the compiler cannot build
+            return
+        assert len(list((tmp_path / "lazyjit").iterdir())) == 1
+        assert inductor_config.cpp.vec_isa_ok is None  # this process probed
+        monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", lambda *a: pytest.fail("probed"))
+        torch_shim.probe_vec_isa()  # a later worker
+        assert inductor_config.cpp.vec_isa_ok is True
+        assert cpu_vec_isa.pick_vec_isa() == cpu_vec_isa.valid_vec_isa_list()[0]
+    assert inductor_config.cpp.vec_isa_ok is None  # restored for the tests after this one
