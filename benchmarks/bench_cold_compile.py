@@ -36,12 +36,12 @@ import lazyjit
 from lazyjit.backends import worker
 from lazyjit.backends.inductor import inductor_settings
 from lazyjit.bench.programs import PROGRAMS, RESULT_TAG
+from lazyjit.graph.capture import op_count
 
 def keep(self, graph_module, inputs, settings):
-    metas = [(tuple(t.shape), t.stride(), t.dtype, t.device) for t in inputs]
     with open(sys.argv[2], "wb") as f:
-        pickle.dump((worker.pack(graph_module), metas, settings), f)
-    ops = sum(node.op == "call_function" for node in graph_module.graph.nodes)
+        pickle.dump(worker.make_job(graph_module, inputs, settings), f)
+    ops = op_count(graph_module)
     chosen = inductor_settings(graph_module, inputs).get("cpp_wrapper", False)
     # To the real stdout: a program may have redirected sys.stdout (MuE's prints).
     print(RESULT_TAG + '{"ops": %d, "cpp_wrapper": %s}' % (ops, str(chosen).lower()),
@@ -59,12 +59,12 @@ COMPILE = """
 import json, pickle, sys, time
 import torch
 torch.set_num_threads(1)
-from lazyjit import config, torch_shim
+from lazyjit import torch_shim
 from lazyjit.backends import worker
 from lazyjit.bench.programs import RESULT_TAG
-packed, metas, settings = pickle.load(open(sys.argv[1], "rb"))
+packed, metas, settings = pickle.load(open(sys.argv[1], "rb"))  # worker.make_job's
 torch_shim.warm_inductor()
-settings = {**config.INDUCTOR_CONFIG, **settings, "cpp_wrapper": sys.argv[2] == "cpp"}
+settings = {**settings, "cpp_wrapper": sys.argv[2] == "cpp"}
 start = time.perf_counter()
 worker.compile_loadable(worker.unpack(*packed), metas, settings)
 print(RESULT_TAG + json.dumps({"seconds": time.perf_counter() - start}))

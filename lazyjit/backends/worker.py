@@ -117,14 +117,9 @@ class CompileWorker:
         for the same job before, in this process or an earlier one, is loaded from where
         it lies (:func:`recall`) and the worker is not asked. Raises what inductor raised,
         or :class:`WorkerLost`."""
-        job = (
-            pack(graph_module),
-            [_meta(t) for t in inputs],
-            {**config.INDUCTOR_CONFIG, **settings},
-        )
+        job = make_job(graph_module, inputs, settings)
         try:
             path = remembered_path(job)
-            job = pickle.dumps(job)
         except Exception as e:  # noqa: BLE001 - whatever the graph holds that does not pickle
             raise WorkerLost(f"the graph does not pickle ({type(e).__name__}: {e})") from e
         call = recall(path)
@@ -137,15 +132,20 @@ class CompileWorker:
         held = constants(graph_module)
         return lambda *inputs: call([*held, *inputs])
 
-    def _ask(self, job: bytes) -> dict[str, Any] | None:
-        """The worker's answer to ``job``: what loads its code, or ``None``."""
+    def _ask(self, job: tuple) -> dict[str, Any] | None:
+        """The worker's answer to ``job`` (:func:`make_job`): what loads its code, or
+        ``None``."""
+        try:
+            sent = pickle.dumps(job)
+        except Exception as e:  # noqa: BLE001 - whatever the graph holds that does not pickle
+            raise WorkerLost(f"the graph does not pickle ({type(e).__name__}: {e})") from e
         self.start()
         with self._lock:
             process = self._process
             if process is None:
                 raise WorkerLost(self.lost or "no worker")
             try:
-                process.stdin.write(job)
+                process.stdin.write(sent)
                 process.stdin.flush()
                 kind, value = pickle.load(process.stdout)
             except (OSError, EOFError, pickle.UnpicklingError) as e:
@@ -156,6 +156,15 @@ class CompileWorker:
         if kind == "failed":
             raise RuntimeError(value)
         return value
+
+
+def make_job(
+    graph_module: GraphModule, inputs: Sequence[torch.Tensor], settings: dict[str, Any]
+) -> tuple:
+    """What the worker compiles (:func:`compile_loadable`'s arguments): ``graph_module``
+    packed (:func:`pack`), the shapes, strides, dtypes and devices of ``inputs``, and
+    :data:`lazyjit.config.INDUCTOR_CONFIG` with ``settings``."""
+    return pack(graph_module), [_meta(t) for t in inputs], {**config.INDUCTOR_CONFIG, **settings}
 
 
 def _load(loadable: dict[str, Any]) -> Callable[[list], Any] | None:
