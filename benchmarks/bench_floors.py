@@ -1,9 +1,15 @@
-"""The floor under any drop-in loss: whole runs of ``pyro.infer.SVI`` on the seed Gaussian
-model with a loss that costs nothing (it sets every param's gradient to ones), beside the
-same run with Pyro's ``JitTrace_ELBO``, and with lazyjit's ``JitTrace_ELBO`` and
-``lazyjit.SVI``.
+"""The floors under lazyjit's drop-in classes: what Pyro's own loops cost around them.
 
-    python benchmarks/bench_floors.py [--steps 2000,20000] [--repeats 3]
+SVI: whole runs of ``pyro.infer.SVI`` on the seed Gaussian model with a loss that costs
+nothing (it sets every param's gradient to ones), beside the same run with Pyro's
+``JitTrace_ELBO``, and with lazyjit's ``JitTrace_ELBO`` and ``lazyjit.SVI``.
+NUTS (``--nuts-steps`` warmup steps and as many samples, the same model): whole runs of
+Pyro's jit NUTS and lazyjit's, each with the seconds spent building tree leaves (each
+kernel's ``_build_basetree``: the leapfrog step, its potential and gradient); the run less
+those seconds is what a free leaf would leave, Pyro's ``MCMC`` and tree building.
+
+    python benchmarks/bench_floors.py [--workloads svi,nuts] [--steps 2000,20000]
+        [--nuts-steps 500] [--repeats 3]
 
 The free loss leaves what a drop-in ELBO cannot change: the imports, the guide's setup,
 torch's import of ``torch._dynamo`` when Pyro's optimizer builds and steps a torch Adam,
@@ -14,6 +20,9 @@ can reach on this machine. Each run is a fresh process, one torch thread, from b
 """
 
 from __future__ import annotations
+
+import argparse
+import statistics
 
 from bench_reproducible import (  # this folder, as a script's sys.path[0]
     arguments,
@@ -62,18 +71,79 @@ for _ in range(steps):
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
+NUTS_CHILD = """
+import time
+start = time.perf_counter()
+import json, sys
+import pyro, torch
+torch.set_num_threads(1)
+contender, steps = sys.argv[1], int(sys.argv[2])
+if contender == "pyro-jit":
+    kernel_class = pyro.infer.NUTS
+else:
+    import lazyjit
+    kernel_class = lazyjit.NUTS
+leaves = 0.0
+build_basetree = kernel_class._build_basetree
+
+
+def timed_basetree(self, *args):
+    global leaves
+    begin = time.perf_counter()
+    tree = build_basetree(self, *args)
+    leaves += time.perf_counter() - begin
+    return tree
+
+
+kernel_class._build_basetree = timed_basetree
+from lazyjit.examples import gaussian_data, gaussian_model
+pyro.set_rng_seed(0)
+data = gaussian_data(100)
+pyro.set_rng_seed(1)
+kernel = kernel_class(gaussian_model, jit_compile=True, ignore_jit_warnings=True)
+mcmc = pyro.infer.MCMC(kernel, num_samples=steps, warmup_steps=steps, disable_progbar=True)
+mcmc.run(data)
+print(json.dumps({"seconds": time.perf_counter() - start, "leaves": leaves}))
+"""
+
 CONTENDERS = ["pyro-jit", "free-loss", "lazyjit", "lazyjit-fused"]
+NUTS_CONTENDERS = ["pyro-jit", "lazyjit"]
 
 
 def main() -> None:
-    args = arguments(__doc__)
-    print("| steps | contender | median s | / Pyro's jit (median of rounds) |")
-    print("| ---: | --- | ---: | ---: |")
-    for steps in map(int, args.steps.split(",")):
-        runs = rounds(CHILD, CONTENDERS, steps, args.repeats)
-        for c in CONTENDERS:
-            seconds, ratio = seconds_and_ratio(runs, c)
-            print(f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} |")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="svi,nuts")
+    parser.add_argument("--nuts-steps", default="500")
+    args = arguments(__doc__, parser)
+    workloads = args.workloads.split(",")
+    if "svi" in workloads:
+        print("| steps | contender | median s | / Pyro's jit (median of rounds) |")
+        print("| ---: | --- | ---: | ---: |")
+        for steps in map(int, args.steps.split(",")):
+            runs = rounds(CHILD, CONTENDERS, steps, args.repeats)
+            for c in CONTENDERS:
+                seconds, ratio = seconds_and_ratio(runs, c)
+                print(f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} |", flush=True)
+    if "nuts" in workloads:
+        print(
+            "\n| NUTS steps | contender | median s | / Pyro's jit | in leaves s | "
+            "without the leaves s | / Pyro's jit |"
+        )
+        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        for steps in map(int, args.nuts_steps.split(",")):
+            runs = rounds(NUTS_CHILD, NUTS_CONTENDERS, steps, args.repeats)
+            for c in NUTS_CONTENDERS:
+                seconds, ratio = seconds_and_ratio(runs, c)
+                leaves = statistics.median(r[c]["leaves"] for r in runs)
+                rest = statistics.median(
+                    (r[c]["seconds"] - r[c]["leaves"]) / r["pyro-jit"]["seconds"] for r in runs
+                )
+                rest_seconds = statistics.median(r[c]["seconds"] - r[c]["leaves"] for r in runs)
+                print(
+                    f"| {steps} | {c} | {seconds:.2f} | {ratio:.2f} | {leaves:.2f} | "
+                    f"{rest_seconds:.2f} | {rest:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

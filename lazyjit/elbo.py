@@ -29,6 +29,7 @@ from torch.distributions import kl_divergence
 from torch.nn.parallel import DistributedDataParallel
 
 from . import pyro_shim
+from .backends import Backend
 from .config import DEFAULT_CACHE_SIZE
 from .errors import LazyJitError
 from .jit import CompiledFunction, Gradients, trace
@@ -48,7 +49,7 @@ class LazyJitELBO:
     def __init__(
         self,
         *args: Any,
-        backend: str = "auto",
+        backend: str | Backend = "auto",
         strict: bool = False,
         cache_size: int = DEFAULT_CACHE_SIZE,
         verify: int = 0,
@@ -193,9 +194,10 @@ class JitTrace_ELBO(LazyJitELBO, Trace_ELBO):
 
     Takes every argument :class:`~pyro.infer.Trace_ELBO` takes, plus:
 
-    :param backend: a lazyjit backend name (``lazyjit.BACKENDS``); the default ``"auto"``
-        runs a signature's first calls eagerly, then its captured graph, and moves a hot
-        entry to inductor compiled in the background.
+    :param backend: a lazyjit backend name (``lazyjit.BACKENDS``) or a
+        :class:`lazyjit.backends.Backend`; the default ``"auto"`` runs a signature's first
+        calls eagerly, then its captured graph, and moves a hot entry to inductor compiled
+        in the background.
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly when a
         call cannot be compiled, and instead of guarding a branch on a tensor value.
     :param cache_size: the most compiled entries kept (one per call signature).

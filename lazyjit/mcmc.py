@@ -21,7 +21,7 @@ import torch
 from pyro.infer.mcmc.adaptation import BlockMassMatrix
 from pyro.ops.integrator import velocity_verlet
 
-from .backends import AutoBackend, EagerBackend, get_backend
+from .backends import AutoBackend, Backend, EagerBackend, get_backend
 from .jit import CompiledFunction
 from .potential import CompiledPotential, Potential, compiled_gradients, potential_fn
 from .pyro_shim import EXCEPTION_HANDLERS, TreeInfo
@@ -198,10 +198,10 @@ def _leaf_structure(kernel: NUTS) -> tuple[tuple, tuple, tuple]:
 class _CompiledPotentialKernel:
     """What :class:`HMC` and :class:`NUTS` add to Pyro's kernels."""
 
-    backend: str
+    backend: str | Backend
     strict: bool
 
-    def _configure(self, backend: str, strict: bool) -> None:
+    def _configure(self, backend: str | Backend, strict: bool) -> None:
         get_backend(backend)
         self.backend = backend
         self.strict = strict
@@ -296,7 +296,8 @@ class HMC(_CompiledPotentialKernel, pyro.infer.mcmc.hmc.HMC):
         a model; wrapped in a :class:`lazyjit.CompiledPotential` when ``jit_compile``.
     :param args: Pyro's other positional arguments, in Pyro's order.
     :param backend: the lazyjit backend that compiles the potential, a
-        :data:`lazyjit.BACKENDS` name (an unknown one raises here).
+        :data:`lazyjit.BACKENDS` name (an unknown one raises here) or a
+        :class:`lazyjit.backends.Backend`.
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running the potential
         eagerly when it cannot be compiled faithfully (e.g. it branches on a latent value).
     :param kwargs: Pyro's other keyword arguments (``jit_compile``, ``full_mass``, ...).
@@ -307,7 +308,7 @@ class HMC(_CompiledPotentialKernel, pyro.infer.mcmc.hmc.HMC):
         model: Callable | None = None,
         potential_fn: Potential | None = None,
         *args: Any,
-        backend: str = "auto",
+        backend: str | Backend = "auto",
         strict: bool = False,
         **kwargs: Any,
     ):
@@ -336,7 +337,8 @@ class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
     :param potential_fn: Pyro's: a potential energy of ``{site name: tensor}`` instead of
         a model; wrapped in a :class:`lazyjit.CompiledPotential` when ``jit_compile``.
     :param args: Pyro's other positional arguments, in Pyro's order.
-    :param backend: the lazyjit backend that compiles the potential and the leaves.
+    :param backend: the lazyjit backend that compiles the potential and the leaves (a
+        name or a :class:`lazyjit.backends.Backend`).
     :param strict: raise :class:`lazyjit.LazyJitError` instead of running eagerly what
         cannot be compiled faithfully.
     :param kwargs: Pyro's other keyword arguments (``jit_compile``, ``max_tree_depth``, ...).
@@ -347,7 +349,7 @@ class NUTS(_CompiledPotentialKernel, pyro.infer.mcmc.nuts.NUTS):
         model: Callable | None = None,
         potential_fn: Potential | None = None,
         *args: Any,
-        backend: str = "auto",
+        backend: str | Backend = "auto",
         strict: bool = False,
         **kwargs: Any,
     ):

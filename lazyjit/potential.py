@@ -22,7 +22,7 @@ from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro.infer.mcmc.util import initialize_model
 from torch.distributions import Transform
 
-from .backends import get_backend
+from .backends import Backend, get_backend
 from .jit import CompiledFunction
 from .patching import Patches, SharedPatch
 from .pyro_shim import EXCEPTION_HANDLERS
@@ -74,7 +74,7 @@ class CompiledPotential:
     program. Pickling drops the compiled programs: each process compiles on first use.
 
     :param fn: the eager potential energy function.
-    :param backend: a :data:`lazyjit.BACKENDS` name.
+    :param backend: a :data:`lazyjit.BACKENDS` name or a :class:`lazyjit.backends.Backend`.
     :param jit_options: keyword arguments for :func:`torch.jit.trace`.
     :param ignore_jit_warnings: hide TorchScript's ``TracerWarning``\\ s (the guard
         against structure that depends on tensor values stays on).
@@ -91,7 +91,7 @@ class CompiledPotential:
         self,
         fn: Potential,
         *,
-        backend: str = "auto",
+        backend: str | Backend = "auto",
         jit_options: dict | None = None,
         ignore_jit_warnings: bool = False,
         strict: bool = False,
@@ -162,7 +162,7 @@ def potential_fn(
     model_args: tuple = (),
     model_kwargs: dict | None = None,
     *,
-    backend: str = "auto",
+    backend: str | Backend = "auto",
     transforms: dict[str, Transform] | None = None,
     max_plate_nesting: int | None = None,
     jit_options: dict | None = None,

@@ -22,7 +22,7 @@ from torch.testing import assert_close
 import lazyjit
 import lazyjit.potential
 from lazyjit import LazyJitError, StructureWarning, examples
-from lazyjit.backends import TierPolicy
+from lazyjit.backends import AutoBackend, TierPolicy
 
 # "aten" returns gradients computed inside its graph through the same value_and_grad.
 BACKENDS = [b for b in ("torchscript", "eager", "aten", "aten-jit") if b in lazyjit.BACKENDS]
@@ -328,6 +328,16 @@ def test_compiled_leaf_auto_follows_autos_policy_from_an_eager_tier_zero():
     (program,) = kernel._leaf.compiled.compiled.values()
     assert type(program.base) is lazyjit.Program  # TorchScript cannot trace a leaf
     assert program.lanes["call"].policy == lazyjit.BACKENDS["auto"].policy
+
+
+def test_a_backend_object_reaches_the_potential_and_the_leaves():
+    # docs/backends.md's way to take inductor's code when ready instead of at a counted call.
+    when_ready = AutoBackend().replace(switch_calls=None)
+    kernel, *_ = nuts_state(examples.gaussian_model, gaussian_args(), backend=when_ready)
+    (leaf,) = kernel._leaf.compiled.compiled.values()
+    (potential,) = kernel.potential_fn.compiled.compiled.values()
+    assert leaf.lanes["call"].policy.switch_calls is None
+    assert potential.lanes["value_and_grad"].policy.switch_calls is None
 
 
 @pytest.mark.parametrize("backend", ["aten-jit", "auto"])
