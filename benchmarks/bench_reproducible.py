@@ -147,8 +147,9 @@ def main() -> None:
             lengths = args.nuts_steps if workload == "nuts" else args.steps
             for cache_name in args.caches.split(","):
                 if cache_name == "warm":
-                    for c in contenders[1:]:
-                        run(CHILD, c, WARMING_STEPS[workload], workload, env=warm)
+                    for c in contenders:
+                        if c != "pyro-jit":  # inductor's cache is lazyjit's alone
+                            run(CHILD, c, WARMING_STEPS[workload], workload, env=warm)
 
                 def env_of(contender: str, cache_name: str = cache_name) -> dict[str, str]:
                     if cache_name == "warm" or contender == "pyro-jit":
