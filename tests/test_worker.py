@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pyro
 import pytest
@@ -318,6 +319,70 @@ def test_a_later_process_loads_the_workers_code_without_asking(tmp_path):
         if item.name != "lazyjit":
             shutil.rmtree(item)
     assert lazyjit.backends.worker.recall(str(entry)) is None and not entry.exists()
+
+
+# A script's process, with no other thread: its worker is forked from it (torch imported
+# already), compiles, and ends with it.
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+    import lazyjit.config
+    from lazyjit.backends import worker
+
+    lazyjit.config.COMPILE_WORKER = True
+    worker.WORKER._cpus = 2  # a worker even where the test runs on one CPU
+    graph_module = make_fx(lambda x: ((torch.sin(x) * 2).sum(0),))(torch.ones(4, 3))
+    x = torch.linspace(-2, 2, 12).reshape(4, 3)
+    print("before the worker")  # unflushed in a pipe's buffer when the worker forks
+    code = worker.WORKER.compile(graph_module, [x], {})
+    print(json.dumps({
+        "forked": isinstance(worker.WORKER._process, worker._Forked),
+        "pid": worker.WORKER._process.pid,
+        "close": torch.allclose(code(x)[0], graph_module(x)[0]),
+    }))
+    """
+)
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone (or a zombie that its new parent has yet to reap)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" in f.read()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the worker is forked on Linux only")
+def test_the_worker_is_forked_from_a_single_threaded_process_and_ends_with_it(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["forked"] and result["close"]
+    assert done.stdout.count("before the worker") == 1  # not written again by the worker
+    deadline = time.monotonic() + 10
+    while not _ended(result["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ended(result["pid"])
+
+
+def test_the_worker_is_not_forked_beside_another_thread():
+    gate = threading.Event()
+    other = threading.Thread(target=gate.wait)
+    other.start()
+    try:
+        assert not lazyjit.backends.worker.can_fork()
+    finally:
+        gate.set()
+        other.join()
 
 
 def test_code_is_remembered_under_the_graph_its_constants_values_and_the_inputs(monkeypatch):

@@ -14,8 +14,10 @@ What cannot be handed over so (a training compile, code that uses more of induct
 user's process compiles itself, as it would without a worker.
 
 The worker starts when a function is wrapped for ``"auto"`` (``AutoBackend.prepare``),
-so that its own start overlaps the user's setup and the calls before a lane is hot; it
-is killed when the user's process exits (a compile in flight is of no use then).
+so that its own start overlaps the user's setup and the calls before a lane is hot:
+forked from the user's process where that is safe (:func:`can_fork`), which spares it
+torch's import, else as a new interpreter. It is killed when the user's process exits
+(a compile in flight is of no use then).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -53,7 +57,7 @@ class CompileWorker:
     """The one compile worker process of this process, started on first need."""
 
     def __init__(self) -> None:
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen | _Forked | None = None
         self._lock = threading.Lock()
         self.lost: str | None = None  # why the worker is gone, once it is
         affinity = getattr(os, "sched_getaffinity", None)  # not on macOS
@@ -85,18 +89,17 @@ class CompileWorker:
         with self._lock:
             if self._process is not None or not self.usable():
                 return
-            path = os.pathsep.join(p for p in sys.path if p)
+            forked = can_fork()
             try:
-                self._process = subprocess.Popen(
-                    [sys.executable, "-c", "from lazyjit.backends.worker import main; main()"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    env={**os.environ, "PYTHONPATH": path},
-                )
+                self._process = _Forked() if forked else _spawn()
             except OSError as e:
                 self.lost = f"it did not start ({e})"
                 return
-        logger.info("lazyjit: started a compile worker (process %d)", self._process.pid)
+        logger.info(
+            "lazyjit: started a compile worker (process %d, %s)",
+            self._process.pid,
+            "forked" if forked else "a new interpreter",
+        )
 
     def close(self) -> None:
         """Ends the worker; compiles go to this process from now on, and one waiting for
@@ -156,6 +159,68 @@ class CompileWorker:
         if kind == "failed":
             raise RuntimeError(value)
         return value
+
+
+def can_fork() -> bool:
+    """Whether the worker may be forked from this process, torch imported already, instead
+    of started as a new interpreter that imports torch again (2 to 3 s before it can
+    compile): on Linux, with no other thread running (a lock one held would stay held in
+    the child) and CUDA not initialized (a forked child cannot use it)."""
+    return (
+        sys.platform == "linux"
+        and threading.active_count() == 1
+        and not torch.cuda.is_initialized()
+    )
+
+
+def _spawn() -> subprocess.Popen:
+    """The worker as a new interpreter, with this process's ``sys.path``."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from lazyjit.backends.worker import main; main()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+
+
+class _Forked:
+    """The worker forked from this process, with what ``subprocess.Popen`` gives of a
+    spawned one: ``pid``, the pipes ``stdin`` (jobs) and ``stdout`` (replies), ``kill``
+    and ``wait``."""
+
+    def __init__(self) -> None:
+        jobs_read, jobs_write = os.pipe()
+        replies_read, replies_write = os.pipe()
+        for stream in (sys.stdout, sys.stderr):  # else the child would write them again
+            with contextlib.suppress(Exception):
+                stream.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            status = 1
+            try:
+                os.close(jobs_write)
+                os.close(replies_read)
+                os.dup2(2, 1)  # anything printed goes to stderr, not into your output
+                gc.freeze()  # a collection then copies none of the parent's pages
+                main(os.fdopen(jobs_read, "rb"), os.fdopen(replies_write, "wb"))
+                status = 0
+            finally:
+                os._exit(status)  # never the parent's exit handlers, never its code after
+        os.close(jobs_read)
+        os.close(replies_write)
+        self.stdin = os.fdopen(jobs_write, "wb")
+        self.stdout = os.fdopen(replies_read, "rb")
+
+    def kill(self) -> None:
+        """Ends the worker."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self) -> None:
+        """Waits for the worker to have ended."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
 
 def make_job(
