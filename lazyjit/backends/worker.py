@@ -201,7 +201,6 @@ class _Forked:
             try:
                 os.close(jobs_write)
                 os.close(replies_read)
-                os.dup2(2, 1)  # anything printed goes to stderr, not into your output
                 gc.freeze()  # a collection then copies none of the parent's pages
                 main(os.fdopen(jobs_read, "rb"), os.fdopen(replies_write, "wb"))
                 status = 0
@@ -392,10 +391,13 @@ def compile_loadable(
 
 
 def main(jobs: BinaryIO | None = None, replies: BinaryIO | None = None) -> None:
-    """The worker's loop: a job from stdin, its reply to stdout, until stdin closes."""
+    """The worker's loop: a job from ``jobs`` (stdin), its reply to ``replies`` (stdout),
+    until ``jobs`` closes."""
     if replies is None:
         replies = os.fdopen(os.dup(1), "wb")
-        os.dup2(2, 1)  # anything printed goes to stderr, not into the replies
+    # Anything printed goes to stderr: not into the replies, nor (forked) into the output
+    # of the user's process.
+    os.dup2(2, 1)
     jobs = jobs or sys.stdin.buffer
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the user's process reports what matters
