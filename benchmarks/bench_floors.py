@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from bench_reproducible import (  # this folder, as a script's sys.path[0]
+from bench_reproducible import CHILD as WHOLE_RUN_CHILD  # this folder: sys.path[0]
+from bench_reproducible import (
     arguments,
     rounds,
     seconds_and_ratio,
@@ -71,43 +72,9 @@ for _ in range(steps):
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
-NUTS_CHILD = """
-import time
-start = time.perf_counter()
-import json, sys
-import pyro, torch
-torch.set_num_threads(1)
-contender, steps = sys.argv[1], int(sys.argv[2])
-if contender == "pyro-jit":
-    kernel_class = pyro.infer.NUTS
-else:
-    import lazyjit
-    kernel_class = lazyjit.NUTS
-leaves = 0.0
-build_basetree = kernel_class._build_basetree
-
-
-def timed_basetree(self, *args):
-    global leaves
-    begin = time.perf_counter()
-    tree = build_basetree(self, *args)
-    leaves += time.perf_counter() - begin
-    return tree
-
-
-kernel_class._build_basetree = timed_basetree
-from lazyjit.examples import gaussian_data, gaussian_model
-pyro.set_rng_seed(0)
-data = gaussian_data(100)
-pyro.set_rng_seed(1)
-kernel = kernel_class(gaussian_model, jit_compile=True, ignore_jit_warnings=True)
-mcmc = pyro.infer.MCMC(kernel, num_samples=steps, warmup_steps=steps, disable_progbar=True)
-mcmc.run(data)
-print(json.dumps({"seconds": time.perf_counter() - start, "leaves": leaves}))
-"""
-
 CONTENDERS = ["pyro-jit", "free-loss", "lazyjit", "lazyjit-fused"]
-NUTS_CONTENDERS = ["pyro-jit", "lazyjit"]
+# bench_reproducible's NUTS runs, which time the leaves too; lazyjit with auto's default.
+NUTS_CONTENDERS = ["pyro-jit", "lazyjit-default"]
 
 
 def main() -> None:
@@ -131,7 +98,7 @@ def main() -> None:
         )
         print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
         for steps in map(int, args.nuts_steps.split(",")):
-            runs = rounds(NUTS_CHILD, NUTS_CONTENDERS, steps, args.repeats)
+            runs = rounds(WHOLE_RUN_CHILD, NUTS_CONTENDERS, steps, args.repeats, "nuts")
             for c in NUTS_CONTENDERS:
                 seconds, ratio = seconds_and_ratio(runs, c)
                 leaves = statistics.median(r[c]["leaves"] for r in runs)

@@ -41,11 +41,21 @@ if lazy:
 from lazyjit.examples import gaussian_data, gaussian_model
 pyro.set_rng_seed(0)
 data = gaussian_data(100)
+leaves = 0.0  # NUTS: seconds spent building tree leaves (for bench_floors.py)
 if workload == "nuts":
+    kernel_class = lazyjit.NUTS if lazy else pyro.infer.NUTS
+    build_basetree = kernel_class._build_basetree
+
+    def timed_basetree(self, *args):
+        global leaves
+        begin = time.perf_counter()
+        tree = build_basetree(self, *args)
+        leaves += time.perf_counter() - begin
+        return tree
+
+    kernel_class._build_basetree = timed_basetree
     pyro.set_rng_seed(1)
-    kernel = (lazyjit.NUTS if lazy else pyro.infer.NUTS)(
-        gaussian_model, jit_compile=True, ignore_jit_warnings=True
-    )
+    kernel = kernel_class(gaussian_model, jit_compile=True, ignore_jit_warnings=True)
     mcmc = pyro.infer.MCMC(kernel, num_samples=steps, warmup_steps=steps, disable_progbar=True)
     mcmc.run(data)
     last = float(mcmc.get_samples()["loc"].mean())
@@ -63,7 +73,7 @@ if lazy:  # after the clock: the waits of every lane alive
     import gc
     from lazyjit.backends.tiers import Lane
     waited = sum(o.waited_seconds for o in gc.get_objects() if isinstance(o, Lane))
-print(json.dumps({"seconds": seconds, "loss": last, "waited": waited}))
+print(json.dumps({"seconds": seconds, "loss": last, "waited": waited, "leaves": leaves}))
 """
 
 CONTENDERS = {
